@@ -1,0 +1,175 @@
+"""The v1 data contract (../shared/cdr-contract.md): parsing and validation at the edge.
+
+Every message is checked field by field; a bad one raises `InvalidRecord` naming the field and what
+was wrong, with a short bounded `reason` code that is safe to use as a metric label.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import orjson
+
+MAX_MESSAGE_BYTES = 64 * 1024
+MAX_STRING = 64
+# A timestamp further than this from "now" (or, offline, from the data) is absurd, not late.
+TS_MIN = 946_684_800_000  # 2000-01-01
+TS_MAX = 4_102_444_800_000  # 2100-01-01
+MAX_DURATION_S = 48 * 3600
+
+
+class InvalidRecord(ValueError):
+    """A message that breaks the contract. `reason` is a bounded code; `field` names the culprit."""
+
+    def __init__(self, reason: str, field: str | None, message: str):
+        super().__init__(f"{field + ': ' if field else ''}{message}")
+        self.reason = reason
+        self.field = field
+
+
+class CDR(NamedTuple):
+    record_id: str
+    ts: int
+    msisdn: str
+    direction: str  # "MO" | "MT"
+    peer: str
+    service: str  # "voice" | "sms"
+    duration_s: int
+    answered: bool
+    cell_id: str
+    cell_region: str
+    peer_region: str
+    imei: str
+
+
+class Profile(NamedTuple):
+    msisdn: str
+    home_region: str
+    activated_ts: int
+    plan: str
+    segment: str
+    id_verified: bool
+
+
+class Outcome(NamedTuple):
+    msisdn: str
+    ts: int
+    outcome: str  # "cleared" | "confirmed_fraud"
+
+
+def decode(raw: bytes | str | dict) -> dict:
+    """Bytes → JSON object, with the reasons a carrier's feed actually produces."""
+    if isinstance(raw, dict):
+        return raw
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", "surrogatepass")
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise InvalidRecord("too_large", None, f"message of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidRecord("bad_utf8", None, "message is not valid UTF-8") from None
+        raise InvalidRecord("not_json", None, f"not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise InvalidRecord("not_object", None, f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _get(obj: dict, name: str, kind: type) -> Any:
+    if name not in obj:
+        raise InvalidRecord("missing_field", name, "required field is missing")
+    value = obj[name]
+    # bool is a subclass of int in Python: never accept true/false as a number.
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise InvalidRecord("bad_type", name, f"expected an integer, got {type(value).__name__}")
+    if kind is not int and not isinstance(value, kind):
+        raise InvalidRecord("bad_type", name, f"expected {kind.__name__}, got {type(value).__name__}")
+    if kind is str and len(value) > MAX_STRING:
+        raise InvalidRecord("too_large", name, f"string of {len(value)} characters exceeds {MAX_STRING}")
+    return value
+
+
+def _digits(obj: dict, name: str, lo: int, hi: int) -> str:
+    value = _get(obj, name, str)
+    if not (lo <= len(value) <= hi and value.isascii() and value.isdigit()):
+        raise InvalidRecord("bad_value", name, f"expected {lo}-{hi} digits, got {value[:24]!r}")
+    return value
+
+
+def _ts(obj: dict, name: str) -> int:
+    value = _get(obj, name, int)
+    if not TS_MIN <= value <= TS_MAX:
+        raise InvalidRecord("bad_value", name, f"timestamp {value} ms is outside 2000..2100")
+    return value
+
+
+def _choice(obj: dict, name: str, allowed: tuple[str, ...]) -> str:
+    value = _get(obj, name, str)
+    if value not in allowed:
+        raise InvalidRecord("bad_value", name, f"expected one of {'/'.join(allowed)}, got {value[:24]!r}")
+    return value
+
+
+def _region(obj: dict, name: str) -> str:
+    value = _get(obj, name, str)
+    if not value or not value.isascii() or not value.replace("-", "").isalnum():
+        raise InvalidRecord("bad_value", name, f"not a region code: {value[:24]!r}")
+    return value
+
+
+def parse_cdr(raw: bytes | str | dict) -> CDR:
+    obj = decode(raw)
+    record_id = _get(obj, "record_id", str)
+    if not record_id:
+        raise InvalidRecord("bad_value", "record_id", "must not be empty")
+    duration = _get(obj, "duration_s", int)
+    if not 0 <= duration <= MAX_DURATION_S:
+        raise InvalidRecord("bad_value", "duration_s", f"{duration} s is outside 0..{MAX_DURATION_S}")
+    answered = _get(obj, "answered", bool)
+    cell_id = _get(obj, "cell_id", str)
+    imei = _get(obj, "imei", str)
+    return CDR(
+        record_id,
+        _ts(obj, "ts"),
+        _digits(obj, "msisdn", 5, 15),
+        _choice(obj, "direction", ("MO", "MT")),
+        _digits(obj, "peer", 3, 20),
+        _choice(obj, "service", ("voice", "sms")),
+        duration,
+        answered,
+        cell_id,
+        _region(obj, "cell_region"),
+        _region(obj, "peer_region"),
+        imei,
+    )
+
+
+def parse_profile(raw: bytes | str | dict) -> Profile:
+    obj = decode(raw)
+    return Profile(
+        _digits(obj, "msisdn", 5, 15),
+        _region(obj, "home_region"),
+        _ts(obj, "activated_ts"),
+        _choice(obj, "plan", ("prepaid", "postpaid")),
+        _choice(obj, "segment", ("consumer", "business")),
+        _get(obj, "id_verified", bool),
+    )
+
+
+def parse_outcome(raw: bytes | str | dict) -> Outcome:
+    obj = decode(raw)
+    return Outcome(
+        _digits(obj, "msisdn", 5, 15),
+        _ts(obj, "ts"),
+        _choice(obj, "outcome", ("cleared", "confirmed_fraud")),
+    )
+
+
+def province(region: str) -> str:
+    """`GD-SZ` → `GD`; `INTL-44` → `INTL-44` (each foreign country is its own 'province')."""
+    if region.startswith("INTL-"):
+        return region
+    cut = region.find("-")
+    return region if cut < 0 else region[:cut]

@@ -1,0 +1,255 @@
+"""The core: (state, record) → (state, decisions). No I/O, no clock, no randomness.
+
+The daemon, the backtest and the demo all feed records through `Engine`, so a backtest decides
+exactly what production would. State is mutated in place (a copy per record would cost more than
+the detector itself); everything it holds is plain data that `snapshot()` can serialise.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+from . import features as F
+from .config import TIER_NAMES, model_id
+from .contract import CDR, Outcome, Profile, province
+from .features import FeatureConfig, NumberState, SharedIndex
+from .model import RiskModel
+from .reasons import describe, restore_reason
+
+
+@dataclass(frozen=True)
+class Tier:
+    name: str
+    threshold: float
+    verification: str
+    mode: str
+    auto_restore: bool
+
+
+class Engine:
+    """All detector state for the numbers it owns, and the rules that turn scores into actions."""
+
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+        self.model_id = model_id(cfg)
+        self.fc = FeatureConfig(cfg["features"])
+        self.model = RiskModel(cfg["model"])
+        self.tiers = tuple(Tier(n, float(cfg["tiers"][n]["threshold"]), str(cfg["tiers"][n]["verification"]),
+                                str(cfg["tiers"][n]["mode"]), bool(cfg["tiers"][n].get("auto_restore", False)))
+                           for n in TIER_NAMES)
+        dc = cfg["decisions"]
+        self.min_calls = int(dc["min_outgoing_calls"])
+        self.escalate_margin = float(dc["escalate_margin"])
+        self.n_reasons = int(dc["reasons"])
+        rc = cfg["restore"]
+        self.restore_enabled = bool(rc["enabled"])
+        self.restore_below = float(rc["below_score"])
+        self.restore_after_ms = int(float(rc["for_hours"]) * F.HOUR_MS)
+        self.cleared_margin = float(rc["cleared_margin"])
+        self.watch_bias = float(rc["watch_bias"])
+        sc = cfg["state"]
+        self.idle_expiry_ms = int(float(sc["idle_expiry_days"]) * F.DAY_MS)
+        self.max_ids = int(sc["max_duplicate_ids"])
+
+        self.numbers: dict[str, NumberState] = {}
+        self.profiles: dict[str, Profile] = {}
+        self.handsets = SharedIndex(self.fc.shared_window_ms)
+        self.cells = SharedIndex(self.fc.shared_window_ms)
+        self.seen_ids: dict[str, None] = {}
+        self.clock = 0  # largest event time seen
+        self.start_ts = 0  # event time of the first record ever processed (cold start)
+        self.next_sweep = 0
+        self.last_score: float | None = None
+        self.duplicates = 0
+
+    # -- inputs ------------------------------------------------------------------------------
+    def on_profile(self, profile: Profile) -> None:
+        self.profiles[profile.msisdn] = profile
+
+    def on_record(self, rec: CDR) -> list[dict]:
+        """Fold one CDR into the state; return the suspension events it causes (usually none)."""
+        self.last_score = None
+        if rec.record_id in self.seen_ids:
+            self.duplicates += 1
+            return []
+        self.seen_ids[rec.record_id] = None
+        if len(self.seen_ids) > self.max_ids:
+            del self.seen_ids[next(iter(self.seen_ids))]
+        if rec.ts > self.clock:
+            if not self.start_ts:
+                self.start_ts = rec.ts
+            self.clock = rec.ts
+            if rec.ts >= self.next_sweep:
+                self._sweep(rec.ts)
+
+        st = self.numbers.get(rec.msisdn)
+        if st is None:
+            st = self.numbers[rec.msisdn] = NumberState(rec.ts)
+        # other lines seen on this handset (a dual-SIM phone shows one; a SIM bank, dozens)
+        handset_lines = self.handsets.observe(rec.imei, rec.msisdn, rec.ts) - 1
+        profile = self.profiles.get(rec.msisdn)
+
+        if rec.direction == "MT":
+            F.update_mt(st, rec)
+            if st.status:  # a suspended line keeps being scored, so it can be restored
+                return self._review_suspended(st, rec, profile, handset_lines)
+            return []
+
+        home = province(profile.home_region) if profile else province(rec.cell_region)
+        F.update_mo(st, rec, home, self.fc)
+        cell_lines = self._cell_bypass_lines(st, rec)
+        raw, support = self.model.raw_features(st, profile, rec.ts, handset_lines, cell_lines,
+                                               st.decayed[F.D_PREMIUM_DAY], rec.ts - self.start_ts)
+        if (not st.status and st.n_mo >= self.model.population_min_calls
+                and rec.ts - st.last_pop_ts >= self.model.population_interval_ms):
+            self.model.observe_population(raw)
+            st.last_pop_ts = rec.ts
+        if st.status:
+            return self._review_suspended(st, rec, profile, handset_lines, raw, support)
+        if st.n_mo < self.min_calls:
+            return []
+        ev = self.model.evidence(raw, support)
+        score = self._score(st, ev)
+        self.last_score = score
+        bar = self.tiers[0].threshold
+        if st.cleared_score:
+            bar = max(bar, min(0.999, st.cleared_score + self.cleared_margin))
+        if score < bar:
+            return []
+        tier = self._tier_of(score)
+        if st.cleared_score:  # cleared before and risen clearly beyond it: a heavier check
+            tier = min(len(self.tiers) - 1, max(tier, st.tier + 1))
+        resuspension = st.restores > 0
+        st.status = 1
+        st.tier = tier
+        st.suspended_ts = rec.ts
+        st.below_since = 0
+        st.peak_score = score
+        return [self._event("suspend", rec, tier, score, self._reasons(ev, raw), resuspension=resuspension)]
+
+    def on_outcome(self, outcome: Outcome) -> list[dict]:
+        """An operator's verdict: `cleared` restores at once; both verdicts teach the model."""
+        st = self.numbers.get(outcome.msisdn)
+        if st is None:
+            return []
+        ev = self._current_evidence(st, outcome.ts)
+        self.model.learn(ev, outcome.outcome == "confirmed_fraud")
+        if outcome.outcome == "confirmed_fraud":
+            st.fraud_confirmed = True
+            return []
+        if not st.status:
+            return []
+        st.cleared_score = max(st.peak_score, self.tiers[0].threshold)
+        return [self._restore(st, outcome.msisdn, outcome.ts, f"o:{outcome.ts}", "cleared",
+                              [restore_reason("cleared", st.peak_score, self.tiers[0].threshold)])]
+
+    # -- decisions on a suspended line ------------------------------------------------------
+    def _review_suspended(self, st: NumberState, rec: CDR, profile: Profile | None, handset_lines: int,
+                          raw: dict | None = None, support: dict | None = None) -> list[dict]:
+        if raw is None:
+            cell_lines = self._cell_bypass_lines(st, rec) if rec.direction == "MO" else 0
+            raw, support = self.model.raw_features(st, profile, rec.ts, handset_lines, cell_lines,
+                                                   st.decayed[F.D_PREMIUM_DAY], rec.ts - self.start_ts)
+        ev = self.model.evidence(raw, support)
+        score = self._score(st, ev)
+        self.last_score = score
+        if score > st.peak_score:
+            st.peak_score = score
+        nxt = st.tier + 1
+        if rec.direction == "MO" and nxt < len(self.tiers) and score >= self.tiers[nxt].threshold + self.escalate_margin:
+            st.tier = self._tier_of(score - self.escalate_margin)
+            st.below_since = 0
+            return [self._event("escalate", rec, st.tier, score, self._reasons(ev, raw))]
+        if not (self.restore_enabled and self.tiers[st.tier].auto_restore and not st.fraud_confirmed):
+            return []
+        if score >= self.restore_below:
+            st.below_since = 0
+            return []
+        if not st.below_since:
+            st.below_since = rec.ts
+            return []
+        if rec.ts - st.below_since < self.restore_after_ms:
+            return []
+        reason = restore_reason("risk_normal", score, self.restore_below,
+                                hours=(rec.ts - st.below_since) / F.HOUR_MS)
+        return [self._restore(st, rec.msisdn, rec.ts, rec.record_id, "automatic", [reason], score)]
+
+    def _restore(self, st: NumberState, msisdn: str, ts: int, cause_id: str, cause: str,
+                 reasons: list[dict], score: float | None = None) -> dict:
+        tier = self.tiers[st.tier]
+        event = self._make_event(msisdn, ts, cause_id, "restore", tier,
+                                 st.peak_score if score is None else score, reasons)
+        event["_cause"] = cause
+        event["_suspended_ms"] = ts - st.suspended_ts
+        st.status = 0
+        st.restores += 1
+        st.below_since = 0
+        return event
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _cell_bypass_lines(self, st: NumberState, rec: CDR) -> int:
+        """Other outgoing-only lines on this line's cell, when this line is outgoing-only too."""
+        if st.n_mo >= self.fc.bypass_min_calls and st.decayed[F.D_MT_DAY] < 0.5:
+            return self.cells.observe(rec.cell_id, rec.msisdn, rec.ts) - 1
+        return 0
+
+    def _score(self, st: NumberState, ev: dict) -> float:
+        score = self.model.score(ev)
+        if st.fraud_confirmed and 0.0 < score < 1.0:  # restored fraud lines often offend again
+            z = math.log(score / (1.0 - score)) + self.watch_bias
+            score = 1.0 / (1.0 + math.exp(-z))
+        return score
+
+    def _tier_of(self, score: float) -> int:
+        tier = 0
+        for i, t in enumerate(self.tiers):
+            if score >= t.threshold:
+                tier = i
+        return tier
+
+    def _current_evidence(self, st: NumberState, ts: int) -> dict:
+        raw, support = self.model.raw_features(st, None, ts, 0, 0, st.decayed[F.D_PREMIUM_DAY],
+                                               ts - self.start_ts)
+        return self.model.evidence(raw, support)
+
+    def _reasons(self, ev: dict, raw: dict) -> list[dict]:
+        typical = self.model.typical()
+        return [describe(name, raw, typical) for name, _ in self.model.contributions(ev)[: self.n_reasons]]
+
+    def _event(self, action: str, rec: CDR, tier: int, score: float, reasons: list[dict],
+               resuspension: bool = False) -> dict:
+        event = self._make_event(rec.msisdn, rec.ts, rec.record_id, action, self.tiers[tier], score, reasons)
+        if resuspension:
+            event["_resuspension"] = True
+        return event
+
+    def _make_event(self, msisdn: str, ts: int, cause_id: str, action: str, tier: Tier, score: float,
+                    reasons: list[dict]) -> dict:
+        key = f"{msisdn}|{cause_id}|{action}|{tier.name}|{self.model_id}".encode()
+        return {
+            "event_id": hashlib.sha256(key).hexdigest()[:32],
+            "ts": ts,
+            "msisdn": msisdn,
+            "action": action,
+            "tier": tier.name,
+            "verification": tier.verification,
+            "score": round(min(1.0, max(0.0, score)), 4),
+            "reasons": reasons,
+            "mode": tier.mode,
+            "model": self.model_id,
+        }
+
+    def _sweep(self, now: int) -> None:
+        """Forget numbers idle past the expiry, hourly in event time."""
+        self.next_sweep = now + F.HOUR_MS
+        horizon = now - self.idle_expiry_ms
+        for msisdn in [m for m, s in self.numbers.items() if s.last_ts < horizon and not s.status]:
+            del self.numbers[msisdn]
+        self.handsets.sweep(now)
+        self.cells.sweep(now)
+
+
+def public(event: dict) -> dict:
+    """The event as the contract defines it (internal `_` annotations dropped)."""
+    return {k: v for k, v in event.items() if not k.startswith("_")}

@@ -1,0 +1,247 @@
+"""Every Prometheus metric of the detector, and the HTTP endpoint that serves them.
+
+All metrics live here so that the names used by the deploy/ rules and dashboards
+have a single source of truth (tests/test_deploy.py checks them against this
+module). Conventions:
+
+* namespace ``cdr_detector_``, base units (seconds, records, ratios 0..1);
+* labels only take values from the small closed sets below, or a Kafka
+  partition number. A phone number (msisdn, peer, ...) is NEVER a label: it
+  would create one time series per subscriber and leak personal data into the
+  monitoring system;
+* known label values are initialised to 0 at start-up, so that ``rate()`` and
+  the ratios in the recording rules exist before the first event of each kind.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Callable
+from importlib import metadata
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, make_wsgi_app
+
+# Closed sets of label values. Callers must map anything else onto one of them.
+RESULTS = ("ok", "invalid", "duplicate", "late")
+INVALID_REASONS = ("not_json", "bad_utf8", "missing_field", "bad_type", "bad_value", "too_large")
+DLQ_REASONS = INVALID_REASONS + ("processing_error",)
+TIERS = ("low", "high", "extreme")
+ACTIONS = ("suspend", "escalate", "restore")
+MODES = ("enforce", "shadow")
+REBALANCE_KINDS = ("assigned", "revoked", "lost")
+OUTCOMES = ("cleared", "confirmed_fraud")
+RESTORE_CAUSES = ("cleared", "automatic")
+
+# Risk scores are probabilities: 20 equal-width buckets show the whole shape.
+SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
+# Event time -> decision: a healthy pipeline is in milliseconds, a lagging one in minutes.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                   1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+# Housekeeping operations (commit, checkpoint, batch, restore): 1 ms .. 2 min.
+OPERATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+# A suspended line waits for verification: minutes to a week.
+SUSPENSION_BUCKETS = (60, 300, 900, 1800, 3600, 7200, 14400, 28800, 43200,
+                      86400, 172800, 345600, 604800)
+
+
+def _package_version() -> str:
+    try:
+        return metadata.version("cdr-detector")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class Metrics:
+    """The detector's metrics, registered in their own registry.
+
+    A fresh ``CollectorRegistry`` per instance (rather than the global default)
+    lets tests build as many as they like and keeps the process's own
+    ``python_*``/``process_*`` collectors out unless the caller asks for them.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None, *,
+                 version: str | None = None, model: str = "unknown") -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+
+        # --- ingest ---------------------------------------------------------
+        self.records = Counter(
+            "cdr_detector_records_total", "CDRs consumed, by result.", ["result"], registry=r)
+        self.invalid = Counter(
+            "cdr_detector_invalid_records_total", "CDRs rejected as invalid, by reason code.",
+            ["reason"], registry=r)
+        self.dlq = Counter(
+            "cdr_detector_dlq_records_total", "Records written to the dead-letter topic, by reason code.",
+            ["reason"], registry=r)
+        self.last_event_ts = Gauge(
+            "cdr_detector_last_record_event_timestamp_seconds",
+            "Event time (Unix seconds) of the newest record processed; now minus this is the event-time lag.",
+            registry=r)
+        self.lag = Gauge(
+            "cdr_detector_consumer_lag_records", "Records between the committed offset and the end of the partition.",
+            ["partition"], registry=r)
+        self.batch_seconds = Histogram(
+            "cdr_detector_batch_processing_seconds", "Wall time to process one polled batch.",
+            buckets=OPERATION_BUCKETS, registry=r)
+
+        # --- scoring and decisions -----------------------------------------
+        self.score = Histogram(
+            "cdr_detector_risk_score", "Risk score (0..1) of every scored record.",
+            buckets=SCORE_BUCKETS, registry=r)
+        self.decisions = Counter(
+            "cdr_detector_decisions_total", "Suspension events emitted, by action, tier and mode.",
+            ["action", "tier", "mode"], registry=r)
+        self.decision_latency = Histogram(
+            "cdr_detector_decision_latency_seconds",
+            "Event time of the triggering record to the decision being emitted.",
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.numbers_tracked = Gauge(
+            "cdr_detector_numbers_tracked", "Numbers that currently have per-number state.", registry=r)
+        self.suspended_lines = Gauge(
+            "cdr_detector_suspended_lines", "Lines currently suspended, by tier.", ["tier"], registry=r)
+        self.storm_breaker = Gauge(
+            "cdr_detector_storm_breaker_tripped",
+            "1 while the storm breaker holds back suspensions (too many at once), else 0.", registry=r)
+
+        # --- false positives: what happened to the suspensions --------------
+        self.outcomes = Counter(
+            "cdr_detector_verification_outcomes_total", "Verification outcomes of suspended lines.",
+            ["tier", "outcome"], registry=r)
+        self.restores = Counter(
+            "cdr_detector_restores_total", "Lines restored, by tier and cause.", ["tier", "cause"], registry=r)
+        self.suspension_to_restore = Histogram(
+            "cdr_detector_suspension_to_restore_seconds", "Time a line spent suspended before its restore.",
+            ["tier"], buckets=SUSPENSION_BUCKETS, registry=r)
+        self.resuspensions = Counter(
+            "cdr_detector_resuspensions_total", "Lines suspended again after having been restored.",
+            ["tier"], registry=r)
+
+        # --- state and Kafka housekeeping ----------------------------------
+        self.checkpoint_seconds = Histogram(
+            "cdr_detector_state_checkpoint_seconds", "Wall time to write a state checkpoint.",
+            buckets=OPERATION_BUCKETS, registry=r)
+        self.commit_seconds = Histogram(
+            "cdr_detector_commit_seconds", "Wall time to commit consumer offsets.",
+            buckets=OPERATION_BUCKETS, registry=r)
+        self.restore_records = Counter(
+            "cdr_detector_state_restore_records_total", "Records replayed or loaded while restoring state.",
+            registry=r)
+        self.restore_seconds = Histogram(
+            "cdr_detector_state_restore_seconds", "Wall time of a complete state restore.",
+            buckets=OPERATION_BUCKETS, registry=r)
+        self.rebalances = Counter(
+            "cdr_detector_rebalances_total", "Consumer-group rebalance callbacks, by kind.", ["kind"], registry=r)
+
+        self.build_info = Info(
+            "cdr_detector_build", "Version of the detector and of the model it runs.", registry=r)
+        self.set_build_info(version or _package_version(), model)
+
+        self._initialise_labels()
+
+    def set_build_info(self, version: str, model: str) -> None:
+        """Record which code and which model are running (``cdr_detector_build_info`` = 1)."""
+        self.build_info.info({"version": version, "model": model})
+
+    def _initialise_labels(self) -> None:
+        for result in RESULTS:
+            self.records.labels(result=result)
+        for reason in INVALID_REASONS:
+            self.invalid.labels(reason=reason)
+        for reason in DLQ_REASONS:
+            self.dlq.labels(reason=reason)
+        for kind in REBALANCE_KINDS:
+            self.rebalances.labels(kind=kind)
+        for tier in TIERS:
+            self.suspended_lines.labels(tier=tier)
+            self.resuspensions.labels(tier=tier)
+            self.suspension_to_restore.labels(tier=tier)
+            for action in ACTIONS:
+                for mode in MODES:
+                    self.decisions.labels(action=action, tier=tier, mode=mode)
+            for outcome in OUTCOMES:
+                self.outcomes.labels(tier=tier, outcome=outcome)
+            for cause in RESTORE_CAUSES:
+                self.restores.labels(tier=tier, cause=cause)
+        self.storm_breaker.set(0)
+
+
+HealthCheck = Callable[[], tuple[bool, dict]]
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    """One thread per request, so a slow scrape never blocks /healthz."""
+
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """Scrapes every few seconds would flood stderr with access-log lines."""
+
+    def log_message(self, format, *args):  # noqa: A002 - stdlib signature
+        pass
+
+
+class MetricsServer:
+    """A running /metrics + /healthz endpoint; ``shutdown()`` stops it and frees the port."""
+
+    def __init__(self, httpd: WSGIServer, thread: threading.Thread) -> None:
+        self._httpd = httpd
+        self._thread = thread
+        self.address, self.port = httpd.server_address[:2]
+
+    def shutdown(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> MetricsServer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+
+def _app(metrics: Metrics, health: HealthCheck | None):
+    metrics_app = make_wsgi_app(metrics.registry)
+
+    def app(environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            return metrics_app(environ, start_response)
+        if path == "/healthz":
+            try:
+                ok, details = health() if health is not None else (True, {})
+            except Exception as exc:  # a broken check is itself unhealthy, not a crash
+                ok, details = False, {"error": type(exc).__name__}
+            body = json.dumps({"status": "ok" if ok else "unhealthy", **details}, default=str).encode()
+            start_response("200 OK" if ok else "503 Service Unavailable",
+                           [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            return [body]
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not found: try /metrics or /healthz\n"]
+
+    return app
+
+
+def serve(metrics: Metrics, addr: str = "127.0.0.1", port: int = 9400,
+          health: HealthCheck | None = None) -> MetricsServer:
+    """Serve ``/metrics`` and ``/healthz`` from a daemon thread.
+
+    Binds to loopback by default: exposing the endpoint beyond the host is a
+    deployment decision (``addr="0.0.0.0"`` in a container). ``port=0`` picks a
+    free port, readable afterwards as ``server.port``. ``health()`` returns
+    ``(ok, details)``; /healthz answers 200 with the details as JSON when ok,
+    else 503, so orchestrators can restart a wedged consumer.
+    """
+    server_class = _ThreadingWSGIServer
+    if ":" in addr:  # an IPv6 literal such as "::" or "::1"
+        server_class = type("_ThreadingWSGIServerV6", (_ThreadingWSGIServer,),
+                            {"address_family": socket.AF_INET6})
+    httpd = make_server(addr, port, _app(metrics, health), server_class, _QuietHandler)
+    thread = threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True)
+    thread.start()
+    return MetricsServer(httpd, thread)

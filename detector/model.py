@@ -1,0 +1,206 @@
+"""From features to a risk score in [0, 1], learnt online.
+
+Two things are learnt as the stream flows, so the model fits each carrier's own subscribers:
+- **What is typical** for every feature: a per-subscriber population quantile (river
+  `stats.Quantile`), fed at most once per number and hour so that one busy line cannot drag the
+  baseline. Evidence is measured as the distance from that learnt typical value, so a carrier
+  where couriers or migrants are common learns that their behaviour is ordinary.
+- **How much each kind of evidence weighs**: a river `LogisticRegression` over the evidence,
+  started from prior weights in config and trained online on verification outcomes (`cleared`
+  → 0, `confirmed_fraud` → 1), the operator's own ground truth.
+
+Shares over a few calls are noisy, so each is shrunk towards the learnt typical value by a few
+pseudo-calls (empirical Bayes): a line needs real evidence, not two unlucky calls, to look odd.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from river import linear_model, optim, stats
+
+from . import features as F
+from .contract import Profile
+from .features import NumberState
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    kind: str  # "share_high", "share_low", "count", "flag"
+    quantile: float  # which population quantile stands for "typical"
+    prior_typical: float
+
+
+FEATURES: tuple[Feature, ...] = (
+    Feature("calls_last_hour", "count", 0.5, 1.0),
+    Feature("new_peer_share", "share_high", 0.5, 0.6),
+    Feature("unanswered_share", "share_high", 0.5, 0.15),
+    Feature("short_call_share", "share_high", 0.5, 0.02),
+    Feature("out_of_province_share", "share_high", 0.5, 0.15),
+    Feature("province_spread", "share_high", 0.5, 0.3),
+    Feature("intl_share", "share_high", 0.5, 0.0),
+    Feature("premium_calls", "count", 0.5, 0.0),
+    Feature("night_share", "share_high", 0.5, 0.1),
+    Feature("inbound_share", "share_low", 0.5, 0.45),
+    Feature("callback_share", "share_low", 0.5, 0.25),
+    Feature("handset_lines", "count", 0.5, 0.0),
+    Feature("cell_bypass_lines", "count", 0.5, 0.0),
+    Feature("handset_change", "flag", 0.0, 0.0),
+    Feature("new_line", "flag", 0.0, 0.0),
+    Feature("prepaid", "flag", 0.0, 0.0),
+    Feature("unverified", "flag", 0.0, 0.0),
+)
+FEATURE_NAMES = tuple(f.name for f in FEATURES)
+
+
+def _clip01(x: float) -> float:
+    return 0.0 if x < 0.0 else 1.0 if x > 1.0 else x
+
+
+class RiskModel:
+    """Population baselines + an online logistic model over evidence."""
+
+    def __init__(self, cfg: dict):
+        self.prior_calls = float(cfg.get("prior_calls", 3))
+        self.min_population = int(cfg.get("min_population", 200))
+        self.population_min_calls = int(cfg.get("population_min_calls", 5))
+        self.population_interval_ms = int(float(cfg.get("population_interval_hours", 24)) * 3_600_000)
+        self.warmup_ms = int(float(cfg.get("warmup_hours", 24)) * 3_600_000)
+        self.new_line_days = float(cfg.get("new_line_days", 30))
+        self.share_low_floor = float(cfg.get("share_low_floor", 0.2))
+        weights = dict(cfg.get("prior_weights", {}))
+        unknown = set(weights) - set(FEATURE_NAMES)
+        if unknown:
+            raise ValueError(f"model.prior_weights names unknown features: {sorted(unknown)}")
+        self.lr = linear_model.LogisticRegression(
+            optimizer=optim.SGD(float(cfg.get("learning_rate", 0.05))),
+            intercept_init=float(cfg.get("prior_bias", -6.0)),
+            l2=float(cfg.get("l2", 0.0)),
+        )
+        for name in FEATURE_NAMES:
+            self.lr._weights[name] = float(weights.get(name, 0.0))
+        self.quantiles = {f.name: stats.Quantile(f.quantile) for f in FEATURES if f.kind != "flag"}
+        self.population_n = 0
+        self._typical_cache: dict[str, float] | None = None
+
+    # -- what is typical ---------------------------------------------------------------------
+    def typical(self) -> dict[str, float]:
+        if self._typical_cache is None:
+            learnt = self.population_n >= self.min_population
+            out = {}
+            for f in FEATURES:
+                if f.kind == "flag":
+                    out[f.name] = 0.0
+                elif learnt:
+                    v = self.quantiles[f.name].get()
+                    out[f.name] = f.prior_typical if v is None else float(v)
+                else:
+                    out[f.name] = f.prior_typical
+            self._typical_cache = out
+        return self._typical_cache
+
+    def observe_population(self, raw: dict[str, float]) -> None:
+        for name, q in self.quantiles.items():
+            q.update(raw[name])
+        self.population_n += 1
+        # Baselines move slowly; recomputing the cache every 64 updates keeps scoring cheap.
+        if self.population_n % 64 == 0 or self.population_n == self.min_population:
+            self._typical_cache = None
+
+    # -- raw features --------------------------------------------------------------------------
+    def raw_features(self, st: NumberState, profile: Profile | None, ts: int,
+                     handset_lines: int, cell_lines: int, premium_calls: float,
+                     watched_ms: int) -> tuple[dict, dict]:
+        """Raw feature values, and how many observations back each share (for shrinkage).
+
+        `watched_ms` is how long the detector has been watching the stream: until it has seen a
+        day of traffic it cannot know a line's contacts, so "never-seen peer", "never calls back"
+        and "no inbound" count for less (the cold start of every new deployment).
+        """
+        known = min(1.0, watched_ms / self.warmup_ms) if self.warmup_ms > 0 else 1.0
+        s = st.shares
+        d = st.decayed
+        n_calls = min(float(st.n_mo), 1.0 / max(1e-9, self._alpha))
+        cb, called = F.callback_share(st)
+        traffic = d[F.D_MO_DAY] + d[F.D_MT_DAY]
+        tenure = F.tenure_days(profile, ts)
+        raw = {
+            "calls_last_hour": d[F.D_MO_HOUR],
+            "new_peer_share": s[F.S_NEW_PEER],
+            "unanswered_share": s[F.S_UNANSWERED],
+            "short_call_share": s[F.S_SHORT],
+            "out_of_province_share": s[F.S_OUT_OF_PROVINCE],
+            "province_spread": F.province_spread(st),
+            "intl_share": s[F.S_INTL],
+            "premium_calls": premium_calls,
+            "night_share": s[F.S_NIGHT],
+            "inbound_share": (d[F.D_MT_DAY] / traffic) if traffic > 0 else 0.0,
+            "callback_share": cb,
+            "handset_lines": float(handset_lines),
+            "cell_bypass_lines": float(cell_lines),
+            "handset_change": 1.0 if st.imei_changes >= 0.5 else 0.0,
+            "new_line": math.exp(-tenure / self.new_line_days) if tenure is not None else 0.0,
+            "prepaid": 1.0 if profile is not None and profile.plan == "prepaid" else 0.0,
+            "unverified": 1.0 if profile is not None and not profile.id_verified else 0.0,
+            "tenure_days": tenure,
+        }
+        support = {
+            "new_peer_share": n_calls * known, "unanswered_share": n_calls, "short_call_share": n_calls,
+            "out_of_province_share": n_calls, "province_spread": min(float(st.n_mo), F.PROVINCE_RING),
+            "intl_share": n_calls, "night_share": n_calls, "inbound_share": traffic * known,
+            "callback_share": float(called) * known,
+        }
+        return raw, support
+
+    _alpha = 1.0 / 8
+
+    # -- evidence and score --------------------------------------------------------------------
+    def evidence(self, raw: dict, support: dict) -> dict[str, float]:
+        """How far each feature sits on the suspicious side of typical, in [0, 1]."""
+        typ = self.typical()
+        m = self.prior_calls
+        ev = {}
+        for f in FEATURES:
+            x = raw[f.name]
+            t = typ[f.name]
+            if f.kind == "flag":
+                ev[f.name] = x
+                continue
+            if f.kind == "count":
+                ev[f.name] = _clip01(math.log2((x + 1.0) / (t + 1.0)) / 3.0)
+                continue
+            n = support[f.name]
+            x = (n * x + m * t) / (n + m)  # shrink towards typical
+            if f.kind == "share_high":
+                ev[f.name] = _clip01((x - t) / (1.0 - t)) if t < 1.0 else 0.0
+            else:
+                # relative to typical, but a rare behaviour's absence is no evidence
+                ev[f.name] = _clip01((t - x) / max(t, self.share_low_floor))
+        return ev
+
+    def score(self, ev: dict[str, float]) -> float:
+        w = self.lr._weights
+        z = self.lr.intercept
+        for name, e in ev.items():
+            if e:
+                z += w[name] * e
+        if z < -30:
+            return 0.0
+        return 1.0 / (1.0 + math.exp(-z))
+
+    def contributions(self, ev: dict[str, float]) -> list[tuple[str, float]]:
+        """Evidence × weight, largest first: what drove a decision."""
+        w = self.lr._weights
+        parts = [(name, w[name] * e) for name, e in ev.items() if e > 0 and w[name] > 0]
+        parts.sort(key=lambda p: (-p[1], p[0]))
+        return parts
+
+    def learn(self, ev: dict[str, float], is_fraud: bool) -> None:
+        """An operator's verdict (issue: restore the innocent) moves the weights."""
+        self.lr.learn_one(ev, is_fraud)
+
+    # -- persistence ---------------------------------------------------------------------------
+    def weights(self) -> dict[str, float]:
+        return {name: float(self.lr._weights[name]) for name in FEATURE_NAMES} | {
+            "_bias": float(self.lr.intercept)}
