@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Iterator
 import orjson
 
 from .contract import CDR, InvalidRecord
-from .core import Engine, public
+from .core import Detector, public
 from .files import JsonlWriter, iter_lines
 from .pipeline import Pipeline
 
@@ -129,9 +129,9 @@ def load_profiles(pipeline: Pipeline, path: str) -> int:
 
 
 def backtest(cfg: dict, cdrs: str, subscribers: str | None, out: str, outcomes: str | None = None,
-             dlq: str | None = None, show_progress: bool = True, metrics=None) -> tuple[RunResult, Pipeline]:
-    engine = Engine(cfg)
-    pipeline = Pipeline(engine, metrics)
+             dlq: str | None = None, show_progress: bool = True, metrics=None,
+             partitions: int | None = None) -> tuple[RunResult, Pipeline]:
+    pipeline = Pipeline(Detector(cfg, partitions), metrics)
     if subscribers:
         load_profiles(pipeline, subscribers)
     dlq_writer = JsonlWriter(dlq) if dlq else None

@@ -9,6 +9,9 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
+
+from kafka.partitioner.default import murmur2
 
 from . import features as F
 from .config import TIER_NAMES, model_id
@@ -54,8 +57,6 @@ class Engine:
 
         self.numbers: dict[str, NumberState] = {}
         self.profiles: dict[str, Profile] = {}
-        self.handsets = SharedIndex(self.fc.shared_window_ms)
-        self.cells = SharedIndex(self.fc.shared_window_ms)
         self.seen_ids: dict[str, None] = {}
         self.clock = 0  # largest event time seen
         self.start_ts = 0  # event time of the first record ever processed (cold start)
@@ -67,8 +68,12 @@ class Engine:
     def on_profile(self, profile: Profile) -> None:
         self.profiles[profile.msisdn] = profile
 
-    def on_record(self, rec: CDR) -> list[dict]:
-        """Fold one CDR into the state; return the suspension events it causes (usually none)."""
+    def on_record(self, rec: CDR, facts: "SharedFacts" = None) -> list[dict]:
+        """Fold one CDR into the state; return the suspension events it causes (usually none).
+
+        `facts` are what other numbers' records say about this one (lines sharing its handset or
+        its cell), computed by `Enricher` — in-process here, or behind a repartition topic.
+        """
         self.last_score = None
         if rec.record_id in self.seen_ids:
             self.duplicates += 1
@@ -86,19 +91,17 @@ class Engine:
         st = self.numbers.get(rec.msisdn)
         if st is None:
             st = self.numbers[rec.msisdn] = NumberState(rec.ts)
-        # other lines seen on this handset (a dual-SIM phone shows one; a SIM bank, dozens)
-        handset_lines = self.handsets.observe(rec.imei, rec.msisdn, rec.ts) - 1
+        handset_lines, cell_lines = facts if facts is not None else NO_FACTS
         profile = self.profiles.get(rec.msisdn)
 
         if rec.direction == "MT":
             F.update_mt(st, rec)
             if st.status:  # a suspended line keeps being scored, so it can be restored
-                return self._review_suspended(st, rec, profile, handset_lines)
+                return self._review_suspended(st, rec, profile, handset_lines, cell_lines)
             return []
 
         home = province(profile.home_region) if profile else province(rec.cell_region)
         F.update_mo(st, rec, home, self.fc)
-        cell_lines = self._cell_bypass_lines(st, rec)
         raw, support = self.model.raw_features(st, profile, rec.ts, handset_lines, cell_lines,
                                                st.decayed[F.D_PREMIUM_DAY], rec.ts - self.start_ts)
         if (not st.status and st.n_mo >= self.model.population_min_calls
@@ -106,7 +109,7 @@ class Engine:
             self.model.observe_population(raw)
             st.last_pop_ts = rec.ts
         if st.status:
-            return self._review_suspended(st, rec, profile, handset_lines, raw, support)
+            return self._review_suspended(st, rec, profile, handset_lines, cell_lines, raw, support)
         if st.n_mo < self.min_calls:
             return []
         ev = self.model.evidence(raw, support)
@@ -146,9 +149,8 @@ class Engine:
 
     # -- decisions on a suspended line ------------------------------------------------------
     def _review_suspended(self, st: NumberState, rec: CDR, profile: Profile | None, handset_lines: int,
-                          raw: dict | None = None, support: dict | None = None) -> list[dict]:
+                          cell_lines: int, raw: dict | None = None, support: dict | None = None) -> list[dict]:
         if raw is None:
-            cell_lines = self._cell_bypass_lines(st, rec) if rec.direction == "MO" else 0
             raw, support = self.model.raw_features(st, profile, rec.ts, handset_lines, cell_lines,
                                                    st.decayed[F.D_PREMIUM_DAY], rec.ts - self.start_ts)
         ev = self.model.evidence(raw, support)
@@ -188,11 +190,13 @@ class Engine:
         return event
 
     # -- helpers -----------------------------------------------------------------------------
-    def _cell_bypass_lines(self, st: NumberState, rec: CDR) -> int:
-        """Other outgoing-only lines on this line's cell, when this line is outgoing-only too."""
-        if st.n_mo >= self.fc.bypass_min_calls and st.decayed[F.D_MT_DAY] < 0.5:
-            return self.cells.observe(rec.cell_id, rec.msisdn, rec.ts) - 1
-        return 0
+    def suspended_by_tier(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for st in self.numbers.values():
+            if st.status:
+                name = self.tiers[st.tier].name
+                out[name] = out.get(name, 0) + 1
+        return out
 
     def _score(self, st: NumberState, ev: dict) -> float:
         score = self.model.score(ev)
@@ -246,10 +250,149 @@ class Engine:
         horizon = now - self.idle_expiry_ms
         for msisdn in [m for m, s in self.numbers.items() if s.last_ts < horizon and not s.status]:
             del self.numbers[msisdn]
-        self.handsets.sweep(now)
-        self.cells.sweep(now)
+
+
+class SharedFacts(NamedTuple):
+    handset_lines: int  # other lines seen on this record's handset
+    cell_bypass_lines: int  # other outgoing-only lines on this record's cell
+
+
+NO_FACTS = SharedFacts(0, 0)
+
+
+class Enricher:
+    """Facts that cross numbers, keyed by the shared thing (handset, cell), in event-time order.
+
+    A deterministic function of the time-ordered records of each handset and each cell, so the
+    same answer comes out whether it runs in-process or behind a repartition topic.
+    """
+
+    def __init__(self, cfg: dict):
+        fc = FeatureConfig(cfg["features"])
+        self.min_calls = fc.bypass_min_calls
+        self.handsets = SharedIndex(fc.shared_window_ms)
+        self.cells = CellIndex(fc.cell_window_ms, self.min_calls)
+        self.next_sweep = 0
+
+    def facts(self, rec: CDR) -> SharedFacts:
+        if rec.ts >= self.next_sweep:
+            self.next_sweep = rec.ts + F.HOUR_MS
+            self.handsets.sweep(rec.ts)
+            self.cells.sweep(rec.ts)
+        handset = self.handsets.observe(rec.imei, rec.msisdn, rec.ts) - 1
+        return SharedFacts(handset, self.cells.observe(rec))
+
+    def snapshot(self) -> dict:
+        return {"v": 1, "handsets": self.handsets.members, "cells": self.cells.members,
+                "next_sweep": self.next_sweep}
+
+    def restore(self, snap: dict) -> None:
+        if snap.get("v") != 1:
+            raise ValueError(f"unknown enricher state version {snap.get('v')!r}")
+        self.handsets.members = snap["handsets"]
+        self.cells.members = {k: {m: list(v) for m, v in d.items()} for k, d in snap["cells"].items()}
+        self.next_sweep = snap["next_sweep"]
+
+
+class CellIndex:
+    """Per cell: lines with outgoing traffic and no incoming traffic on it lately (bypass-like)."""
+
+    def __init__(self, window_ms: int, min_calls: int, cap: int = 128):
+        self.window_ms = window_ms
+        self.min_calls = min_calls
+        self.cap = cap
+        self.members: dict[str, dict[str, list]] = {}  # cell → msisdn → [mo, mt, last_ts]
+
+    def observe(self, rec: CDR) -> int:
+        m = self.members.get(rec.cell_id)
+        if m is None:
+            m = self.members[rec.cell_id] = {}
+        entry = m.get(rec.msisdn)
+        if entry is None:
+            if len(m) >= self.cap:
+                self._expire(m, rec.ts, force=True)
+            entry = m[rec.msisdn] = [0, 0, rec.ts]
+        entry[0 if rec.direction == "MO" else 1] += 1
+        entry[2] = max(entry[2], rec.ts)
+        if not self._bypass_like(entry, rec.ts - self.window_ms):
+            return 0
+        horizon = rec.ts - self.window_ms
+        return sum(1 for k, e in m.items() if k != rec.msisdn and self._bypass_like(e, horizon))
+
+    def _bypass_like(self, e: list, horizon: int) -> bool:
+        return e[1] == 0 and e[0] >= self.min_calls and e[2] >= horizon
+
+    def _expire(self, m: dict, ts: int, force: bool = False) -> None:
+        horizon = ts - self.window_ms
+        for k in [k for k, e in m.items() if e[2] < horizon]:
+            del m[k]
+        if force and len(m) >= self.cap:  # still full: drop the longest-idle line
+            del m[min(m, key=lambda k: (m[k][2], k))]
+
+    def sweep(self, ts: int) -> None:
+        for cell in list(self.members):
+            self._expire(self.members[cell], ts)
+            if not self.members[cell]:
+                del self.members[cell]
 
 
 def public(event: dict) -> dict:
     """The event as the contract defines it (internal `_` annotations dropped)."""
     return {k: v for k, v in event.items() if not k.startswith("_")}
+
+
+def partition_of(msisdn: str, partitions: int) -> int:
+    """The Kafka partition of a key under the default partitioner (murmur2, as the Java client)."""
+    return (murmur2(msisdn.encode()) & 0x7FFFFFFF) % partitions
+
+
+class Detector:
+    """One `Engine` per input partition (state partitioned like the input) plus the `Enricher`.
+
+    The backtest builds all partitions at once; the daemon builds the ones it is assigned. Because
+    each partition's engine sees only its own numbers, in the same order, both decide alike.
+    """
+
+    def __init__(self, cfg: dict, partitions: int | None = None):
+        self.cfg = cfg
+        self.partitions = int(partitions or cfg["kafka"]["partitions"])
+        self.engines: dict[int, Engine] = {}
+        self.enricher = Enricher(cfg)
+        self.model_id = model_id(cfg)
+        self.last_score: float | None = None
+
+    def engine(self, msisdn: str) -> Engine:
+        p = partition_of(msisdn, self.partitions) if self.partitions > 1 else 0
+        eng = self.engines.get(p)
+        if eng is None:
+            eng = self.engines[p] = Engine(self.cfg)
+        return eng
+
+    def on_profile(self, profile: Profile) -> None:
+        self.engine(profile.msisdn).on_profile(profile)
+
+    def on_record(self, rec: CDR, facts: SharedFacts | None = None) -> list[dict]:
+        eng = self.engine(rec.msisdn)
+        if rec.record_id in eng.seen_ids:  # a repeat must not count twice on the shared indexes either
+            eng.duplicates += 1
+            eng.last_score = None
+            self.last_score = None
+            return []
+        if facts is None:
+            facts = self.enricher.facts(rec)
+        events = eng.on_record(rec, facts)
+        self.last_score = eng.last_score
+        return events
+
+    def on_outcome(self, outcome: Outcome) -> list[dict]:
+        return self.engine(outcome.msisdn).on_outcome(outcome)
+
+    @property
+    def duplicates(self) -> int:
+        return sum(e.duplicates for e in self.engines.values())
+
+    def number(self, msisdn: str) -> NumberState | None:
+        return self.engine(msisdn).numbers.get(msisdn)
+
+    def numbers_tracked(self) -> int:
+        return sum(len(e.numbers) for e in self.engines.values())

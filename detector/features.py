@@ -168,6 +168,7 @@ class FeatureConfig:
         self.night_hours = tuple(cfg.get("night_hours_local", (0, 6)))
         self.utc_offset_h = float(cfg.get("utc_offset_hours", 8))
         self.shared_window_ms = int(float(cfg.get("shared_window_hours", 72)) * HOUR_MS)
+        self.cell_window_ms = int(float(cfg.get("cell_window_hours", 24)) * HOUR_MS)
         self.bypass_min_calls = int(cfg.get("bypass_min_calls", 3))
 
 

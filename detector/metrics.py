@@ -25,9 +25,10 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, make_wsgi_app
 
-# Closed sets of label values. Callers must map anything else onto one of them.
+# Closed sets of label values, all initialised to 0 at start-up. Any other value a caller
+# uses must be just as bounded (a short code, never an identifier from a record).
 RESULTS = ("ok", "invalid", "duplicate", "late")
-INVALID_REASONS = ("not_json", "bad_utf8", "missing_field", "bad_type", "bad_value", "too_large")
+INVALID_REASONS = ("not_json", "bad_utf8", "not_object", "missing_field", "bad_type", "bad_value", "too_large")
 DLQ_REASONS = INVALID_REASONS + ("processing_error",)
 TIERS = ("low", "high", "extreme")
 ACTIONS = ("suspend", "escalate", "restore")
@@ -242,6 +243,8 @@ def serve(metrics: Metrics, addr: str = "127.0.0.1", port: int = 9400,
         server_class = type("_ThreadingWSGIServerV6", (_ThreadingWSGIServer,),
                             {"address_family": socket.AF_INET6})
     httpd = make_server(addr, port, _app(metrics, health), server_class, _QuietHandler)
-    thread = threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True)
+    # A short poll interval keeps shutdown() quick (it waits for the loop to notice).
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                              name="metrics-http", daemon=True)
     thread.start()
     return MetricsServer(httpd, thread)

@@ -10,8 +10,9 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING
 
+from .config import TIER_NAMES
 from .contract import CDR, InvalidRecord, parse_cdr, parse_outcome, parse_profile
-from .core import Engine
+from .core import Detector
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -20,8 +21,8 @@ log = logging.getLogger("cdr_detector")
 
 
 class Pipeline:
-    def __init__(self, engine: Engine, metrics: Metrics | None = None):
-        self.engine = engine
+    def __init__(self, detector: Detector, metrics: Metrics | None = None):
+        self.detector = detector
         self.metrics = metrics
         self.counts: Counter = Counter()
         self.invalid: Counter = Counter()
@@ -40,10 +41,10 @@ class Pipeline:
 
     def process(self, rec: CDR, now: float | None = None) -> list[dict]:
         """Feed one parsed record to the core; returns its events (with internal annotations)."""
-        dup_before = self.engine.duplicates
-        events = self.engine.on_record(rec)
+        dup_before = self.detector.duplicates
+        events = self.detector.on_record(rec)
         m = self.metrics
-        if self.engine.duplicates != dup_before:
+        if self.detector.duplicates != dup_before:
             self.counts["duplicate"] += 1
             if m:
                 m.records.labels("duplicate").inc()
@@ -51,8 +52,8 @@ class Pipeline:
         self.counts["ok"] += 1
         if m:
             m.records.labels("ok").inc()
-            if self.engine.last_score is not None:
-                m.score.observe(self.engine.last_score)
+            if self.detector.last_score is not None:
+                m.score.observe(self.detector.last_score)
             m.last_event_ts.set(rec.ts / 1000)
         if events:
             self.observe_events(events, now)
@@ -75,7 +76,7 @@ class Pipeline:
 
     def profile(self, raw: bytes | dict) -> bool:
         try:
-            self.engine.on_profile(parse_profile(raw))
+            self.detector.on_profile(parse_profile(raw))
             return True
         except InvalidRecord as err:
             self.counts["invalid_profile"] += 1
@@ -89,11 +90,11 @@ class Pipeline:
             self.counts["invalid_outcome"] += 1
             log.warning("invalid verification outcome: %s", err)
             return []
-        st = self.engine.numbers.get(o.msisdn)
-        tier = self.engine.tiers[st.tier].name if st is not None and st.tier >= 0 else "none"
+        st = self.detector.number(o.msisdn)
+        tier = TIER_NAMES[st.tier] if st is not None and st.tier >= 0 else "none"
         if self.metrics:
             self.metrics.outcomes.labels(tier, o.outcome).inc()
-        events = self.engine.on_outcome(o)
+        events = self.detector.on_outcome(o)
         if events:
             self.observe_events(events)
         return events
@@ -102,7 +103,9 @@ class Pipeline:
         m = self.metrics
         if not m:
             return
-        m.numbers_tracked.set(len(self.engine.numbers))
-        suspended = Counter(self.engine.tiers[s.tier].name for s in self.engine.numbers.values() if s.status)
-        for t in self.engine.tiers:
-            m.suspended_lines.labels(t.name).set(suspended.get(t.name, 0))
+        m.numbers_tracked.set(self.detector.numbers_tracked())
+        suspended: Counter = Counter()
+        for eng in self.detector.engines.values():
+            suspended.update(eng.suspended_by_tier())
+        for name in TIER_NAMES:
+            m.suspended_lines.labels(name).set(suspended.get(name, 0))

@@ -1,0 +1,195 @@
+"""detector/metrics.py: names, types and labels of every metric, and the HTTP endpoint."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.error
+import urllib.request
+
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from detector.metrics import TIERS, Metrics, serve
+
+# attribute -> (name as exposed, type, label names)
+EXPECTED = {
+    "records": ("cdr_detector_records_total", "counter", ("result",)),
+    "invalid": ("cdr_detector_invalid_records_total", "counter", ("reason",)),
+    "decisions": ("cdr_detector_decisions_total", "counter", ("action", "tier", "mode")),
+    "score": ("cdr_detector_risk_score", "histogram", ()),
+    "decision_latency": ("cdr_detector_decision_latency_seconds", "histogram", ()),
+    "lag": ("cdr_detector_consumer_lag_records", "gauge", ("partition",)),
+    "numbers_tracked": ("cdr_detector_numbers_tracked", "gauge", ()),
+    "suspended_lines": ("cdr_detector_suspended_lines", "gauge", ("tier",)),
+    "checkpoint_seconds": ("cdr_detector_state_checkpoint_seconds", "histogram", ()),
+    "commit_seconds": ("cdr_detector_commit_seconds", "histogram", ()),
+    "restore_records": ("cdr_detector_state_restore_records_total", "counter", ()),
+    "restore_seconds": ("cdr_detector_state_restore_seconds", "histogram", ()),
+    "rebalances": ("cdr_detector_rebalances_total", "counter", ("kind",)),
+    "outcomes": ("cdr_detector_verification_outcomes_total", "counter", ("tier", "outcome")),
+    "restores": ("cdr_detector_restores_total", "counter", ("tier", "cause")),
+    "suspension_to_restore": ("cdr_detector_suspension_to_restore_seconds", "histogram", ("tier",)),
+    "resuspensions": ("cdr_detector_resuspensions_total", "counter", ("tier",)),
+    "storm_breaker": ("cdr_detector_storm_breaker_tripped", "gauge", ()),
+    "dlq": ("cdr_detector_dlq_records_total", "counter", ("reason",)),
+    "batch_seconds": ("cdr_detector_batch_processing_seconds", "histogram", ()),
+    "last_event_ts": ("cdr_detector_last_record_event_timestamp_seconds", "gauge", ()),
+}
+# Label names that would hold a phone number: one series per subscriber, and personal data.
+FORBIDDEN_LABELS = {"msisdn", "peer", "number", "caller", "callee", "imsi", "imei", "subscriber"}
+
+
+def family_name(exposed: str, kind: str) -> str:
+    """prometheus_client names a counter family without its _total suffix."""
+    return exposed.removesuffix("_total") if kind == "counter" else exposed
+
+
+def families(metrics: Metrics) -> dict:
+    return {f.name: f for f in metrics.registry.collect()}
+
+
+def get(url: str) -> tuple[int, str, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.headers.get("Content-Type", ""), resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers.get("Content-Type", ""), err.read().decode()
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    m = Metrics(version="1.2.3", model="gbm-test")
+    m.records.labels(result="ok").inc(5)
+    m.lag.labels(partition="0").set(42)
+    m.score.observe(0.93)
+    return m
+
+
+@pytest.fixture
+def server(metrics):
+    srv = serve(metrics, "127.0.0.1", 0)
+    yield srv
+    srv.shutdown()
+
+
+def test_every_metric_has_its_name_type_and_labels(metrics):
+    fams = families(metrics)
+    for attr, (exposed, kind, labels) in EXPECTED.items():
+        metric = getattr(metrics, attr)
+        fam = fams[family_name(exposed, kind)]
+        assert fam.type == kind, attr
+        assert tuple(metric._labelnames) == labels, attr
+
+
+def test_build_info_is_one_with_version_and_model(metrics):
+    [sample] = families(metrics)["cdr_detector_build"].samples
+    assert sample.name == "cdr_detector_build_info"
+    assert sample.labels == {"version": "1.2.3", "model": "gbm-test"}
+    assert sample.value == 1
+    metrics.set_build_info("1.2.4", "gbm-next")
+    [sample] = families(metrics)["cdr_detector_build"].samples
+    assert sample.labels == {"version": "1.2.4", "model": "gbm-next"}
+
+
+def test_all_names_are_namespaced_and_in_base_units(metrics):
+    for fam in metrics.registry.collect():
+        assert fam.name.startswith("cdr_detector_"), fam.name
+        assert not any(unit in fam.name for unit in ("_milliseconds", "_ms", "_minutes", "_percent")), fam.name
+
+
+def test_no_label_can_hold_a_phone_number(metrics):
+    for fam in metrics.registry.collect():
+        for sample in fam.samples:
+            assert not FORBIDDEN_LABELS & set(sample.labels), sample
+    for attr in EXPECTED:
+        assert not FORBIDDEN_LABELS & set(getattr(metrics, attr)._labelnames), attr
+
+
+def test_bucket_layouts():
+    m = Metrics()
+    score = m.score._upper_bounds
+    assert score[:-1] == pytest.approx([0.05 * i for i in range(1, 21)])
+    assert score[-1] == float("inf")
+    latency = m.decision_latency._upper_bounds
+    assert latency[0] == 0.001 and latency[-2] == 600
+    restore = m.suspension_to_restore.labels(tier="low")._upper_bounds
+    assert restore[0] == 60 and restore[-2] >= 7 * 86400
+
+
+def test_known_label_values_start_at_zero():
+    """So that rate() and the ratios of the recording rules exist before the first event."""
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in Metrics().registry.collect() for s in f.samples}
+    for tier in TIERS:
+        key = ("cdr_detector_decisions_total", (("action", "suspend"), ("mode", "enforce"), ("tier", tier)))
+        assert samples[key] == 0
+        assert samples[("cdr_detector_verification_outcomes_total",
+                        (("outcome", "cleared"), ("tier", tier)))] == 0
+    assert samples[("cdr_detector_records_total", (("result", "invalid"),))] == 0
+    assert samples[("cdr_detector_storm_breaker_tripped", ())] == 0
+
+
+def test_instances_have_separate_registries():
+    a, b = Metrics(), Metrics()  # would raise "Duplicated timeseries" on a shared registry
+    a.records.labels(result="ok").inc()
+    assert b.registry.get_sample_value("cdr_detector_records_total", {"result": "ok"}) == 0
+    own = CollectorRegistry()
+    assert Metrics(registry=own).registry is own
+
+
+def test_metrics_endpoint_serves_every_metric(server, metrics):
+    assert server.port > 0 and server.address == "127.0.0.1"
+    status, content_type, body = get(f"http://127.0.0.1:{server.port}/metrics")
+    assert status == 200
+    assert content_type.startswith("text/plain")
+    parsed = {f.name: f for f in text_string_to_metric_families(body)}
+    for attr, (exposed, kind, _) in EXPECTED.items():
+        assert family_name(exposed, kind) in parsed, exposed
+    assert "cdr_detector_build_info" in body
+    assert 'cdr_detector_records_total{result="ok"} 5.0' in body
+    assert 'cdr_detector_consumer_lag_records{partition="0"} 42.0' in body
+    assert 'cdr_detector_risk_score_bucket{le="0.95"} 1.0' in body
+
+
+def test_healthz_without_a_check_is_ok(server):
+    status, content_type, body = get(f"http://127.0.0.1:{server.port}/healthz")
+    assert (status, content_type) == (200, "application/json")
+    assert json.loads(body) == {"status": "ok"}
+
+
+@pytest.mark.parametrize(("result", "status", "body"), [
+    ((True, {"partitions": 3}), 200, {"status": "ok", "partitions": 3}),
+    ((False, {"reason": "consumer stalled"}), 503, {"status": "unhealthy", "reason": "consumer stalled"}),
+])
+def test_healthz_reports_the_check(metrics, result, status, body):
+    srv = serve(metrics, "127.0.0.1", 0, health=lambda: result)
+    try:
+        got_status, _, got_body = get(f"http://127.0.0.1:{srv.port}/healthz")
+    finally:
+        srv.shutdown()
+    assert got_status == status
+    assert json.loads(got_body) == body
+
+
+def test_healthz_is_503_when_the_check_raises(metrics):
+    def broken():
+        raise RuntimeError("boom")
+
+    with serve(metrics, "127.0.0.1", 0, health=broken) as srv:
+        status, _, body = get(f"http://127.0.0.1:{srv.port}/healthz")
+    assert status == 503
+    assert json.loads(body)["status"] == "unhealthy"
+
+
+def test_unknown_path_is_404(server):
+    assert get(f"http://127.0.0.1:{server.port}/")[0] == 404
+
+
+def test_shutdown_frees_the_port(metrics):
+    srv = serve(metrics, "127.0.0.1", 0)
+    port = srv.port
+    srv.shutdown()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))  # would fail with EADDRINUSE if still listening
