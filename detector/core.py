@@ -51,13 +51,11 @@ class Engine:
         self.restore_after_ms = int(float(rc["for_hours"]) * F.HOUR_MS)
         self.cleared_margin = float(rc["cleared_margin"])
         self.watch_bias = float(rc["watch_bias"])
-        sc = cfg["state"]
-        self.idle_expiry_ms = int(float(sc["idle_expiry_days"]) * F.DAY_MS)
-        self.max_ids = int(sc["max_duplicate_ids"])
+        self.idle_expiry_ms = int(float(cfg["state"]["idle_expiry_days"]) * F.DAY_MS)
 
         self.numbers: dict[str, NumberState] = {}
         self.profiles: dict[str, Profile] = {}
-        self.seen_ids: dict[str, None] = {}
+        self.dirty: set[str] = set()  # numbers changed since the state was last persisted
         self.clock = 0  # largest event time seen
         self.start_ts = 0  # event time of the first record ever processed (cold start)
         self.next_sweep = 0
@@ -75,12 +73,6 @@ class Engine:
         its cell), computed by `Enricher` — in-process here, or behind a repartition topic.
         """
         self.last_score = None
-        if rec.record_id in self.seen_ids:
-            self.duplicates += 1
-            return []
-        self.seen_ids[rec.record_id] = None
-        if len(self.seen_ids) > self.max_ids:
-            del self.seen_ids[next(iter(self.seen_ids))]
         if rec.ts > self.clock:
             if not self.start_ts:
                 self.start_ts = rec.ts
@@ -91,6 +83,7 @@ class Engine:
         st = self.numbers.get(rec.msisdn)
         if st is None:
             st = self.numbers[rec.msisdn] = NumberState(rec.ts)
+        self.dirty.add(rec.msisdn)
         handset_lines, cell_lines = facts if facts is not None else NO_FACTS
         profile = self.profiles.get(rec.msisdn)
 
@@ -138,6 +131,7 @@ class Engine:
             return []
         ev = self._current_evidence(st, outcome.ts)
         self.model.learn(ev, outcome.outcome == "confirmed_fraud")
+        self.dirty.add(outcome.msisdn)
         if outcome.outcome == "confirmed_fraud":
             st.fraud_confirmed = True
             return []
@@ -250,6 +244,7 @@ class Engine:
         horizon = now - self.idle_expiry_ms
         for msisdn in [m for m, s in self.numbers.items() if s.last_ts < horizon and not s.status]:
             del self.numbers[msisdn]
+            self.dirty.add(msisdn)  # persisted as a tombstone
 
 
 class SharedFacts(NamedTuple):
@@ -273,25 +268,19 @@ class Enricher:
         self.handsets = SharedIndex(fc.shared_window_ms)
         self.cells = CellIndex(fc.cell_window_ms, self.min_calls)
         self.next_sweep = 0
+        self.handsets_dirty: set[str] = set()  # keys changed since the state was last persisted
+        self.cells_dirty: set[str] = set()
 
     def facts(self, rec: CDR) -> SharedFacts:
         if rec.ts >= self.next_sweep:
             self.next_sweep = rec.ts + F.HOUR_MS
-            self.handsets.sweep(rec.ts)
-            self.cells.sweep(rec.ts)
+            self.handsets_dirty.update(self.handsets.sweep(rec.ts))
+            self.cells_dirty.update(self.cells.sweep(rec.ts))
+        self.handsets_dirty.add(rec.imei)
+        self.cells_dirty.add(rec.cell_id)
         handset = self.handsets.observe(rec.imei, rec.msisdn, rec.ts) - 1
         return SharedFacts(handset, self.cells.observe(rec))
 
-    def snapshot(self) -> dict:
-        return {"v": 1, "handsets": self.handsets.members, "cells": self.cells.members,
-                "next_sweep": self.next_sweep}
-
-    def restore(self, snap: dict) -> None:
-        if snap.get("v") != 1:
-            raise ValueError(f"unknown enricher state version {snap.get('v')!r}")
-        self.handsets.members = snap["handsets"]
-        self.cells.members = {k: {m: list(v) for m, v in d.items()} for k, d in snap["cells"].items()}
-        self.next_sweep = snap["next_sweep"]
 
 
 class CellIndex:
@@ -311,9 +300,10 @@ class CellIndex:
         if entry is None:
             if len(m) >= self.cap:
                 self._expire(m, rec.ts, force=True)
-            entry = m[rec.msisdn] = [0, 0, rec.ts]
-        entry[0 if rec.direction == "MO" else 1] += 1
-        entry[2] = max(entry[2], rec.ts)
+            entry = m[rec.msisdn] = [0, 0, rec.ts - 1]
+        if rec.ts > entry[2]:  # a record replayed after a crash is not counted twice
+            entry[0 if rec.direction == "MO" else 1] += 1
+            entry[2] = rec.ts
         if not self._bypass_like(entry, rec.ts - self.window_ms):
             return 0
         horizon = rec.ts - self.window_ms
@@ -329,11 +319,17 @@ class CellIndex:
         if force and len(m) >= self.cap:  # still full: drop the longest-idle line
             del m[min(m, key=lambda k: (m[k][2], k))]
 
-    def sweep(self, ts: int) -> None:
+    def sweep(self, ts: int) -> list[str]:
+        """Expire idle lines; returns the cells that changed."""
+        changed = []
         for cell in list(self.members):
+            before = len(self.members[cell])
             self._expire(self.members[cell], ts)
+            if len(self.members[cell]) != before:
+                changed.append(cell)
             if not self.members[cell]:
                 del self.members[cell]
+        return changed
 
 
 def public(event: dict) -> dict:
@@ -371,16 +367,23 @@ class Detector:
     def on_profile(self, profile: Profile) -> None:
         self.engine(profile.msisdn).on_profile(profile)
 
-    def on_record(self, rec: CDR, facts: SharedFacts | None = None) -> list[dict]:
+    def on_record(self, rec: CDR, facts: SharedFacts | None = None, offset: int = -1) -> list[dict]:
+        """`offset` is the record's input offset when it has one: a record at or below the offset
+        a number's state already holds (replayed after a crash) is skipped, not applied twice."""
         eng = self.engine(rec.msisdn)
-        if rec.record_id in eng.seen_ids:  # a repeat must not count twice on the shared indexes either
-            eng.duplicates += 1
-            eng.last_score = None
+        st = eng.numbers.get(rec.msisdn)
+        if st is not None and ((0 <= offset <= st.applied_offset) or F.seen_before(st, rec.record_id)):
+            eng.duplicates += 1  # a repeat must not count twice on the shared indexes either
             self.last_score = None
             return []
         if facts is None:
             facts = self.enricher.facts(rec)
         events = eng.on_record(rec, facts)
+        st = eng.numbers[rec.msisdn]
+        if st.n_mo + st.n_mt == 1:
+            F.seen_before(st, rec.record_id)
+        if offset >= 0:
+            st.applied_offset = offset
         self.last_score = eng.last_score
         return events
 

@@ -30,6 +30,7 @@ N_DECAYED = 4
 CONTACTS = 32  # recent distinct peers remembered per number
 PROVINCE_RING = 12  # provinces of the last outgoing calls
 CELL_RING = 8
+RECENT_IDS = 16  # record ids remembered per number, to drop repeated deliveries
 
 FLAG_CALLED = 1  # we called them
 FLAG_CALLED_US = 2  # they called us
@@ -61,7 +62,7 @@ class NumberState:
         "imei", "imei_changes", "last_pop_ts",
         # decision state, kept with the features so it moves with the number's partition
         "status", "tier", "suspended_ts", "peak_score", "cleared_score", "restores", "fraud_confirmed",
-        "below_since",
+        "below_since", "recent_ids", "recent_pos", "applied_offset",
     )
 
     def __init__(self, ts: int):
@@ -90,6 +91,9 @@ class NumberState:
         self.restores = 0
         self.fraud_confirmed = False
         self.below_since = 0
+        self.recent_ids = array("I", bytes(4 * RECENT_IDS))
+        self.recent_pos = 0
+        self.applied_offset = -1  # input offset of the last record folded in (-1: none/offline)
 
     # -- state as plain data, for snapshots and the changelog -------------------------------
     def to_dict(self) -> dict:
@@ -104,6 +108,8 @@ class NumberState:
             "status": self.status, "tier": self.tier, "suspended_ts": self.suspended_ts, "peak_score": self.peak_score,
             "cleared_score": self.cleared_score, "restores": self.restores,
             "fraud_confirmed": self.fraud_confirmed, "below_since": self.below_since,
+            "recent_ids": list(self.recent_ids), "recent_pos": self.recent_pos,
+            "applied_offset": self.applied_offset,
         }
 
     @classmethod
@@ -120,6 +126,18 @@ class NumberState:
                 value = bytearray(value)
             setattr(s, name, value)
         return s
+
+
+def seen_before(state: NumberState, record_id: str) -> bool:
+    """True if this record id is among the number's recent ones; else remember it."""
+    h = zlib.crc32(record_id.encode()) or 1
+    ids = state.recent_ids
+    if h in ids:
+        return True
+    pos = state.recent_pos
+    ids[pos] = h
+    state.recent_pos = (pos + 1) % RECENT_IDS
+    return False
 
 
 def _decay_to(state: NumberState, ts: int) -> None:
@@ -292,12 +310,18 @@ class SharedIndex:
         for k in [k for k, t in m.items() if t < horizon]:
             del m[k]
 
-    def sweep(self, ts: int) -> None:
+    def sweep(self, ts: int) -> list[str]:
+        """Expire old members; returns the keys that changed."""
+        changed = []
         for key in list(self.members):
             m = self.members[key]
+            before = len(m)
             self._expire(m, ts)
+            if len(m) != before:
+                changed.append(key)
             if not m:
                 del self.members[key]
+        return changed
 
 
 def tenure_days(profile: Profile | None, ts: int) -> float | None:

@@ -218,7 +218,7 @@ def _app(metrics: Metrics, health: HealthCheck | None):
                 ok, details = health() if health is not None else (True, {})
             except Exception as exc:  # a broken check is itself unhealthy, not a crash
                 ok, details = False, {"error": type(exc).__name__}
-            body = json.dumps({"status": "ok" if ok else "unhealthy", **details}, default=str).encode()
+            body = json.dumps({**details, "status": "ok" if ok else "unhealthy"}, default=str).encode()
             start_response("200 OK" if ok else "503 Service Unavailable",
                            [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
             return [body]

@@ -17,7 +17,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from river import linear_model, optim, stats
+import numpy as np
+from river import linear_model, optim
 
 from . import features as F
 from .contract import Profile
@@ -80,7 +81,7 @@ class RiskModel:
         )
         for name in FEATURE_NAMES:
             self.lr._weights[name] = float(weights.get(name, 0.0))
-        self.quantiles = {f.name: stats.Quantile(f.quantile) for f in FEATURES if f.kind != "flag"}
+        self.baseline = PopulationBaseline([f for f in FEATURES if f.kind != "flag"])
         self.population_n = 0
         self._typical_cache: dict[str, float] | None = None
 
@@ -93,16 +94,14 @@ class RiskModel:
                 if f.kind == "flag":
                     out[f.name] = 0.0
                 elif learnt:
-                    v = self.quantiles[f.name].get()
-                    out[f.name] = f.prior_typical if v is None else float(v)
+                    out[f.name] = self.baseline.quantile(f.name, f.quantile)
                 else:
                     out[f.name] = f.prior_typical
             self._typical_cache = out
         return self._typical_cache
 
     def observe_population(self, raw: dict[str, float]) -> None:
-        for name, q in self.quantiles.items():
-            q.update(raw[name])
+        self.baseline.update(raw)
         self.population_n += 1
         # Baselines move slowly; recomputing the cache every 64 updates keeps scoring cheap.
         if self.population_n % 64 == 0 or self.population_n == self.min_population:
@@ -204,3 +203,72 @@ class RiskModel:
     def weights(self) -> dict[str, float]:
         return {name: float(self.lr._weights[name]) for name in FEATURE_NAMES} | {
             "_bias": float(self.lr.intercept)}
+
+    def to_dict(self) -> dict:
+        return {"v": 1, "weights": self.weights(), "sgd_iterations": self.lr.optimizer.n_iterations,
+                "population_n": self.population_n, "baseline": self.baseline.to_dict()}
+
+    def load_dict(self, d: dict) -> None:
+        if d.get("v") != 1:
+            raise ValueError(f"unknown model-state version {d.get('v')!r}")
+        w = dict(d["weights"])
+        self.lr.intercept = float(w.pop("_bias"))
+        for name, value in w.items():
+            self.lr._weights[name] = float(value)
+        self.lr.optimizer.n_iterations = int(d["sgd_iterations"])
+        self.population_n = int(d["population_n"])
+        self.baseline.load_dict(d["baseline"])
+        self._typical_cache = None
+
+
+class PopulationBaseline:
+    """Per-feature histograms of subscribers' values (numpy), read back as quantiles.
+
+    Shares live in [0, 1] on linear bins; counts on log bins up to `COUNT_MAX`. A histogram is
+    exact to a bin's width, cheap to update, and plain data to persist.
+    """
+
+    BINS = 200
+    COUNT_MAX = 10_000.0
+
+    def __init__(self, features: list[Feature]):
+        self.names = [f.name for f in features]
+        self.is_count = np.array([f.kind == "count" for f in features])
+        self.hist = np.zeros((len(features), self.BINS))
+        self._log_top = math.log1p(self.COUNT_MAX)
+
+    def _bin(self, i: int, x: float) -> int:
+        u = math.log1p(max(0.0, x)) / self._log_top if self.is_count[i] else x
+        b = int(u * self.BINS)
+        return 0 if b < 0 else self.BINS - 1 if b >= self.BINS else b
+
+    def _value(self, i: int, u: float) -> float:
+        u = u / self.BINS
+        return math.expm1(u * self._log_top) if self.is_count[i] else u
+
+    def update(self, raw: dict[str, float]) -> None:
+        for i, name in enumerate(self.names):
+            self.hist[i, self._bin(i, raw[name])] += 1.0
+
+    def quantile(self, name: str, q: float) -> float:
+        i = self.names.index(name)
+        h = self.hist[i]
+        total = h.sum()
+        if total <= 0:
+            return 0.0
+        cum = np.cumsum(h)
+        target = q * total
+        b = int(np.searchsorted(cum, target, side="left"))
+        b = min(b, self.BINS - 1)
+        below = cum[b] - h[b]
+        frac = (target - below) / h[b] if h[b] > 0 else 0.0
+        return float(self._value(i, b + frac))
+
+    def to_dict(self) -> dict:
+        return {"names": self.names, "hist": {n: [round(float(x), 6) for x in self.hist[i]]
+                                              for i, n in enumerate(self.names)}}
+
+    def load_dict(self, d: dict) -> None:
+        for i, n in enumerate(self.names):
+            if n in d["hist"]:
+                self.hist[i] = np.asarray(d["hist"][n], dtype=float)

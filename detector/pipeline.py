@@ -11,7 +11,7 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from .config import TIER_NAMES
-from .contract import CDR, InvalidRecord, parse_cdr, parse_outcome, parse_profile
+from .contract import CDR, InvalidRecord, Outcome, parse_cdr, parse_outcome, parse_profile
 from .core import Detector
 
 if TYPE_CHECKING:
@@ -39,10 +39,10 @@ class Pipeline:
                 self.metrics.invalid.labels(err.reason).inc()
             return err
 
-    def process(self, rec: CDR, now: float | None = None) -> list[dict]:
+    def process(self, rec: CDR, now: float | None = None, offset: int = -1) -> list[dict]:
         """Feed one parsed record to the core; returns its events (with internal annotations)."""
         dup_before = self.detector.duplicates
-        events = self.detector.on_record(rec)
+        events = self.detector.on_record(rec, offset=offset)
         m = self.metrics
         if self.detector.duplicates != dup_before:
             self.counts["duplicate"] += 1
@@ -83,13 +83,19 @@ class Pipeline:
             log.warning("invalid subscriber profile: %s", err)
             return False
 
-    def outcome(self, raw: bytes | dict) -> list[dict]:
-        try:
-            o = parse_outcome(raw)
-        except InvalidRecord as err:
-            self.counts["invalid_outcome"] += 1
-            log.warning("invalid verification outcome: %s", err)
-            return []
+    def process_at(self, rec: CDR, offset: int) -> list[dict]:
+        return self.process(rec, offset=offset)
+
+    def outcome(self, raw: bytes | dict | Outcome) -> list[dict]:
+        if isinstance(raw, Outcome):
+            o = raw
+        else:
+            try:
+                o = parse_outcome(raw)
+            except InvalidRecord as err:
+                self.counts["invalid_outcome"] += 1
+                log.warning("invalid verification outcome: %s", err)
+                return []
         st = self.detector.number(o.msisdn)
         tier = TIER_NAMES[st.tier] if st is not None and st.tier >= 0 else "none"
         if self.metrics:

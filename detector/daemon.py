@@ -1,0 +1,432 @@
+"""The daemon: Kafka in, the core in the middle, suspension events and state out.
+
+Order of work, as in Kafka Streams / Quix Streams (at-least-once):
+  poll → process (events produced as they happen) → produce state changes to the changelog →
+  flush (wait for the broker's acks) → commit input offsets.
+Each number's state carries the input offset it has applied, so records replayed after a crash
+are skipped rather than counted twice, and events carry deterministic ids so a repeat is visible.
+
+Records of all assigned partitions are merged in event-time order (ties by record id), waiting
+briefly for a partition that is behind — like Kafka Streams' `max.task.idle.ms` — so the daemon
+decides exactly what `cdr-detector backtest` decides for the same data.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections import deque
+from typing import NamedTuple
+
+import orjson
+from kafka import ConsumerRebalanceListener, TopicPartition
+from kafka.structs import OffsetAndMetadata
+
+from . import kafka_io, state
+from .contract import CDR, InvalidRecord, Outcome, parse_cdr, parse_outcome
+from .core import Detector, partition_of, public
+from .logs import mask
+from .metrics import Metrics, serve
+from .pipeline import Pipeline
+
+log = logging.getLogger("cdr_detector.daemon")
+
+
+class Item(NamedTuple):
+    key: tuple  # merge order: (ts, 0 outcome | 1 record, record_id); invalid input sorts first
+    offset: int
+    value: CDR | Outcome | InvalidRecord
+    raw: bytes
+    raw_key: bytes | None
+
+
+class Daemon(ConsumerRebalanceListener):
+    def __init__(self, cfg: dict, metrics: Metrics | None = None, serve_http: bool = True):
+        self.cfg = cfg
+        self.k = cfg["kafka"]
+        self.topics = kafka_io.topic_names(self.k)
+        self.metrics = metrics or Metrics()
+        self.serve_http = serve_http
+        self.stop_event = threading.Event()
+        self.max_items = int(self.k.get("max_poll_records", 2000))
+        self.idle_ms = int(self.k.get("max_task_idle_ms", 2000))
+        self.commit_interval = float(self.k.get("commit_interval_ms", 1000)) / 1000
+        self.max_buffer = int(self.k.get("max_buffered_records", 20000))
+        self.detector: Detector | None = None
+        self.pipeline: Pipeline | None = None
+        self.buffers: dict[TopicPartition, deque[Item]] = {}
+        self.processed: dict[TopicPartition, int] = {}  # next offset after the last processed item
+        self.committed: dict[TopicPartition, int] = {}
+        self.owned: set[int] = set()
+        self.persisted_positions: dict[int, dict] = {}
+        self.waiting_since: float | None = None
+        self.pending_assigned: set[TopicPartition] = set()
+        self.last_loop = time.monotonic()
+        self.restoring = False
+        self.consumer = None
+        self.producer = None
+        self.profiles = None
+        self.server = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def request_stop(self, *_args) -> None:
+        self.stop_event.set()
+
+    def run(self) -> int:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self.request_stop)
+            signal.signal(signal.SIGINT, self.request_stop)
+        if self.serve_http:
+            mc = self.cfg["metrics"]
+            self.server = serve(self.metrics, mc.get("address", "127.0.0.1"), int(mc.get("port", 9400)), self.health)
+            log.info("metrics and health endpoint up", extra={"address": mc.get("address"), "port": self.server.port})
+        kafka_io.ensure_topics(self.k)
+        self.producer = kafka_io.producer(self.k)
+        self.consumer = kafka_io.consumer(self.k)
+        n = self._partition_count()
+        self.detector = Detector(self.cfg, partitions=n)
+        self.pipeline = Pipeline(self.detector, self.metrics)
+        self.profiles = kafka_io.consumer(self.k, group=False)
+        self.profiles.assign([])
+        self.consumer.subscribe([self.topics["records"], self.topics["outcomes"]], listener=self)
+        log.info("daemon started", extra={"group": self.k["group_id"], "partitions": n,
+                                          "model": self.detector.model_id})
+        next_commit = time.monotonic() + self.commit_interval
+        try:
+            while not self.stop_event.is_set():
+                self.last_loop = time.monotonic()
+                self._poll()
+                if self.pending_assigned:
+                    self._take_assignment()
+                    continue
+                self._poll_profiles(0)
+                t0 = time.perf_counter()
+                done = self._process_ready()
+                if done:
+                    self.metrics.batch_seconds.observe(time.perf_counter() - t0)
+                if time.monotonic() >= next_commit:
+                    self.commit()
+                    self._refresh_gauges()
+                    next_commit = time.monotonic() + self.commit_interval
+            self.commit()
+            log.info("daemon stopped cleanly", extra={"counts": dict(self.pipeline.counts)})
+            return 0
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        for c in (self.consumer, self.profiles):
+            if c is not None:
+                try:
+                    c.close(autocommit=False)
+                except Exception:  # closing is best effort; the commit already happened
+                    log.exception("closing a consumer failed")
+        if self.producer is not None:
+            self.producer.close(timeout=10)
+        if self.server is not None:
+            self.server.shutdown()
+
+    def _partition_count(self) -> int:
+        counts = {}
+        for name in ("records", "outcomes", "subscribers", "changelog"):
+            parts = None
+            for _ in range(50):
+                parts = self.consumer.partitions_for_topic(self.topics[name])
+                if parts:
+                    break
+                time.sleep(0.2)
+            counts[name] = len(parts or ())
+        if len(set(counts.values())) != 1:
+            raise RuntimeError(f"topics must be co-partitioned (same partition count): {counts}")
+        return counts["records"]
+
+    # -- health ------------------------------------------------------------------------------
+    def health(self) -> tuple[bool, dict]:
+        live = time.monotonic() - self.last_loop < 60
+        lag = self._lag()
+        ready = live and bool(self.owned) and not self.restoring and sum(lag.values()) <= int(
+            self.k.get("ready_max_lag", 10_000))
+        return live and (ready or not self.k.get("health_requires_ready", False)), {
+            "live": live, "ready": ready, "assigned": sorted(self.owned), "lag": sum(lag.values())}
+
+    def _lag(self) -> dict[TopicPartition, int]:
+        out = {}
+        if self.consumer is None:
+            return out
+        for tp, pos in list(self.processed.items()):
+            if tp.topic != self.topics["records"]:
+                continue
+            hw = self.consumer.highwater(tp)
+            if hw is not None:
+                out[tp] = max(0, hw - pos)
+        return out
+
+    def _refresh_gauges(self) -> None:
+        for tp, lag in self._lag().items():
+            self.metrics.lag.labels(str(tp.partition)).set(lag)
+        self.pipeline.refresh_gauges()
+
+    # -- rebalancing -------------------------------------------------------------------------
+    # kafka-python runs these callbacks on its network thread while the main thread waits in
+    # poll(): they must not block, so they only drop what is no longer ours and note what is new;
+    # the main loop restores new partitions right after poll() returns. The main loop commits
+    # every `commit_interval_ms`, so a revocation hands at most that much to the next owner,
+    # which replays it from the changelog's recorded positions with the same event ids.
+    def on_partitions_revoked(self, revoked):
+        self.metrics.rebalances.labels("revoked").inc()
+        self._drop(revoked)
+
+    def on_partitions_lost(self, lost):
+        self.metrics.rebalances.labels("lost").inc()
+        self._drop(lost)
+
+    def on_partitions_assigned(self, assigned):
+        self.metrics.rebalances.labels("assigned").inc()
+        self.pending_assigned |= set(assigned)
+
+    def _drop(self, tps) -> None:
+        if not tps:
+            return
+        for tp in tps:
+            self.buffers.pop(tp, None)
+            self.processed.pop(tp, None)
+            self.committed.pop(tp, None)
+            self.pending_assigned.discard(tp)
+        still = {tp.partition for tp in self.buffers}
+        for p in {tp.partition for tp in tps} - still:
+            self.owned.discard(p)
+            self.detector.engines.pop(p, None)
+            self.persisted_positions.pop(p, None)
+        log.info("partitions revoked", extra={"partitions": sorted({tp.partition for tp in tps})})
+
+    def _take_assignment(self) -> None:
+        """Restore newly assigned partitions (main thread), then seek to the state's position."""
+        added = self.pending_assigned
+        self.pending_assigned = set()
+        new = sorted({tp.partition for tp in added} - self.owned)
+        self.owned |= {tp.partition for tp in added}
+        positions = self._restore(new) if new else {}
+        self._assign_profiles(new)
+        fetch_committed = [tp for tp in added
+                           if positions.get(tp.partition, {}).get(self._kind(tp)) is None]
+        committed = {}
+        for tp in fetch_committed:
+            committed[tp] = self.consumer.committed(tp)
+        for tp in added:
+            self.buffers[tp] = deque()
+            pos = positions.get(tp.partition, {}).get(self._kind(tp))
+            if pos is None:
+                pos = committed.get(tp)
+            if pos is None:
+                self.consumer.seek_to_beginning(tp)
+                self.processed.pop(tp, None)
+            else:
+                self.consumer.seek(tp, pos)
+                self.processed[tp] = pos
+                self.committed[tp] = committed.get(tp, -1)
+        log.info("partitions assigned", extra={"partitions": sorted(self.owned), "restored": new})
+
+    def _kind(self, tp: TopicPartition) -> str:
+        return "records" if tp.topic == self.topics["records"] else "outcomes"
+
+    def _restore(self, parts: list[int]) -> dict[int, dict]:
+        """Rebuild the state of newly assigned partitions from the changelog (the truth)."""
+        self.restoring = True
+        t0 = time.perf_counter()
+        for p in parts:
+            self.detector.engines.pop(p, None)
+        c = kafka_io.consumer(self.k, group=False)
+        tps = [TopicPartition(self.topics["changelog"], p) for p in parts]
+        positions: dict[int, dict] = {}
+        n = 0
+        try:
+            c.assign(tps)
+            c.seek_to_beginning(*tps)
+            end = c.end_offsets(tps)
+            remaining = {tp for tp in tps if end[tp] > c.position(tp)}
+            while remaining:
+                for tp, msgs in c.poll(timeout_ms=500, max_records=5000).items():
+                    for msg in msgs:
+                        pos = state.apply_change(self.detector, tp.partition, msg.key, msg.value)
+                        if pos is not None:
+                            positions[tp.partition] = pos
+                        n += 1
+                    self.metrics.restore_records.inc(len(msgs))
+                remaining = {tp for tp in remaining if c.position(tp) < end[tp]}
+        finally:
+            c.close(autocommit=False)
+        for p in parts:  # restored state is clean: nothing to write back
+            eng = self.detector.engines.get(p)
+            if eng is not None:
+                eng.dirty.clear()
+        self.detector.enricher.handsets_dirty.clear()
+        self.detector.enricher.cells_dirty.clear()
+        self.persisted_positions.update(positions)
+        seconds = time.perf_counter() - t0
+        self.metrics.restore_seconds.observe(seconds)
+        log.info("state restored", extra={"partitions": parts, "changelog_records": n,
+                                           "numbers": self.detector.numbers_tracked(), "seconds": round(seconds, 3)})
+        self.restoring = False
+        return positions
+
+    def _assign_profiles(self, new_parts: list[int]) -> None:
+        """Profiles live in the co-partitioned compacted topic: read the owned partitions to the end."""
+        tps = [TopicPartition(self.topics["subscribers"], p) for p in sorted(self.owned)]
+        self.profiles.assign(tps)
+        fresh = [TopicPartition(self.topics["subscribers"], p) for p in new_parts]
+        if not fresh:
+            return
+        self.profiles.seek_to_beginning(*fresh)
+        end = self.profiles.end_offsets(fresh)
+        deadline = time.monotonic() + 300
+        while any(self.profiles.position(tp) < end[tp] for tp in fresh) and time.monotonic() < deadline:
+            self._poll_profiles(500)
+
+    def _poll_profiles(self, timeout_ms: int) -> None:
+        if not self.owned:
+            return
+        for tp, msgs in self.profiles.poll(timeout_ms=timeout_ms, max_records=5000).items():
+            for msg in msgs:
+                if msg.value is None:
+                    continue
+                self.pipeline.profile(msg.value)
+
+    # -- the loop ----------------------------------------------------------------------------
+    def _poll(self) -> None:
+        batches = self.consumer.poll(timeout_ms=int(self.k.get("poll_timeout_ms", 500)),
+                                     max_records=self.max_items)
+        for tp, msgs in batches.items():
+            buf = self.buffers.get(tp)
+            if buf is None or tp in self.pending_assigned:
+                continue  # not restored yet: it is fetched again after the seek
+            is_outcome = tp.topic == self.topics["outcomes"]
+            for msg in msgs:
+                buf.append(self._item(msg, is_outcome))
+            if len(buf) >= self.max_buffer:
+                self.consumer.pause(tp)
+        for tp in list(self.consumer.paused()):
+            if len(self.buffers.get(tp, ())) < self.max_buffer // 2:
+                self.consumer.resume(tp)
+
+    def _item(self, msg, is_outcome: bool) -> Item:
+        raw = msg.value if msg.value is not None else b""
+        try:
+            value = parse_outcome(raw) if is_outcome else parse_cdr(raw)
+        except InvalidRecord as err:
+            return Item((-1,), msg.offset, err, raw, msg.key)
+        if is_outcome:
+            return Item((value.ts, 0, ""), msg.offset, value, raw, msg.key)
+        return Item((value.ts, 1, value.record_id), msg.offset, value, raw, msg.key)
+
+    def _next_tp(self) -> TopicPartition | None:
+        """The partition whose head comes next in event time, or None to wait for a laggard."""
+        best = None
+        best_key = None
+        waiting = False
+        for tp, buf in self.buffers.items():
+            if buf:
+                k = buf[0].key
+                if best_key is None or k < best_key:
+                    best, best_key = tp, k
+            elif not self._caught_up(tp):
+                waiting = True
+        if best is None:
+            return None
+        if waiting and best_key[0] != -1:
+            now = time.monotonic()
+            if self.waiting_since is None:
+                self.waiting_since = now
+            if (now - self.waiting_since) * 1000 < self.idle_ms:
+                return None
+        else:
+            self.waiting_since = None
+        return best
+
+    def _caught_up(self, tp: TopicPartition) -> bool:
+        hw = self.consumer.highwater(tp)
+        if hw is None:
+            return False
+        try:
+            return self.consumer.position(tp) >= hw
+        except Exception:  # position unknown while (re)assigning
+            return False
+
+    def _process_ready(self) -> int:
+        done = 0
+        while done < self.max_items:
+            tp = self._next_tp()
+            if tp is None:
+                break
+            item = self.buffers[tp].popleft()
+            self._handle(tp, item)
+            self.processed[tp] = item.offset + 1
+            done += 1
+        return done
+
+    def _handle(self, tp: TopicPartition, item: Item) -> None:
+        v = item.value
+        if isinstance(v, InvalidRecord):
+            self._dead_letter(tp, item, v)
+            return
+        if isinstance(v, Outcome):
+            events = self.pipeline.outcome(v)
+        else:
+            events = self.pipeline.process_at(v, item.offset)
+        for e in events:
+            self._emit(e)
+
+    def _emit(self, event: dict) -> None:
+        self.producer.send(self.topics["suspensions"], key=event["msisdn"].encode(),
+                           value=orjson.dumps(public(event)))
+        log.info("decision", extra={"action": event["action"], "tier": event["tier"], "mode": event["mode"],
+                                    "msisdn": mask(event["msisdn"]), "score": event["score"],
+                                    "event_id": event["event_id"],
+                                    "reasons": [r["code"] for r in event["reasons"]]})
+
+    def _dead_letter(self, tp: TopicPartition, item: Item, err: InvalidRecord) -> None:
+        if tp.topic == self.topics["outcomes"]:
+            self.pipeline.counts["invalid_outcome"] += 1
+        self.metrics.dlq.labels(err.reason).inc()
+        headers = [("error", str(err).encode("utf-8", "replace")[:1000]),
+                   ("error.reason", err.reason.encode()),
+                   ("error.field", (err.field or "").encode()),
+                   ("source.topic", tp.topic.encode()),
+                   ("source.partition", str(tp.partition).encode()),
+                   ("source.offset", str(item.offset).encode())]
+        self.producer.send(self.topics["dlq"], key=item.raw_key, value=item.raw, headers=headers)
+        log.warning("record rejected", extra={"reason": err.reason, "field": err.field, "error": str(err),
+                                              "topic": tp.topic, "partition": tp.partition, "offset": item.offset})
+
+    # -- commit ------------------------------------------------------------------------------
+    def commit(self) -> None:
+        """State changes → changelog, flush (events and state acknowledged), then offsets."""
+        if self.producer is None or self.detector is None:
+            return
+        t0 = time.perf_counter()
+        n = self.detector.partitions
+        for p in sorted(self.owned):
+            positions = {}
+            for kind in ("records", "outcomes"):
+                pos = self.processed.get(TopicPartition(self.topics[kind], p))
+                if pos is not None:
+                    positions[kind] = pos
+            eng = self.detector.engines.get(p)
+            if eng is None or (not eng.dirty and positions == self.persisted_positions.get(p)):
+                continue
+            for key, value in state.drain_changes(self.detector, p, positions):
+                self.producer.send(self.topics["changelog"], key=key, value=value, partition=p)
+            self.persisted_positions[p] = positions
+        for key, value in state.drain_enricher(self.detector):
+            self.producer.send(self.topics["changelog"], key=key, value=value,
+                               partition=partition_of(key.decode(), n))
+        t1 = time.perf_counter()
+        self.producer.flush()
+        self.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
+        offsets = {tp: OffsetAndMetadata(off, "", -1) for tp, off in self.processed.items()
+                   if self.committed.get(tp) != off}
+        if offsets:
+            self.consumer.commit(offsets)
+            for tp, om in offsets.items():
+                self.committed[tp] = om.offset
+        self.metrics.commit_seconds.observe(time.perf_counter() - t1)
