@@ -1,0 +1,418 @@
+"""detector/features.py (and the cross-number Enricher of core.py): small cases computed by hand."""
+from __future__ import annotations
+
+import math
+
+import orjson
+import pytest
+
+from conftest import DAY, HOUR, MINUTE, T0, Stream, cdr, load_cfg
+from detector import features as F
+from detector.core import Enricher, SharedFacts
+from detector.features import (
+    CELL_RING,
+    CONTACTS,
+    PROVINCE_RING,
+    FeatureConfig,
+    NumberState,
+    SharedIndex,
+    callback_share,
+    province_spread,
+    update_mo,
+    update_mt,
+)
+
+HOME_PROVINCE = "GD"
+ME = "13800000001"
+
+
+@pytest.fixture
+def fc() -> FeatureConfig:
+    return FeatureConfig(load_cfg()["features"])
+
+
+def mo(st: NumberState, fc: FeatureConfig, s: Stream, **fields) -> None:
+    fields.setdefault("ts", st.last_ts)
+    update_mo(st, s.rec(msisdn=ME, direction="MO", **fields), HOME_PROVINCE, fc)
+
+
+def mt(st: NumberState, s: Stream, **fields) -> None:
+    fields.setdefault("ts", st.last_ts)
+    update_mt(st, s.rec(msisdn=ME, direction="MT", **fields))
+
+
+def reference_shares(flags: list[float], window: float) -> list[float]:
+    """The documented rule: a plain mean over the first `window` calls, then an EWMA with 1/window."""
+    out, s = [], 0.0
+    for n, x in enumerate(flags, 1):
+        if n <= window:
+            s = sum(flags[:n]) / n
+        else:
+            s = s + (x - s) / window
+        out.append(s)
+    return out
+
+
+# -- per-call shares -------------------------------------------------------------------------------
+def test_new_peer_share_is_a_plain_mean_over_the_first_calls(fc):
+    st, s = NumberState(T0), Stream()
+    seen = []
+    for peer in ["13900000001", "13900000001", "13900000002", "13900000001"]:
+        mo(st, fc, s, peer=peer)
+        seen.append(st.shares[F.S_NEW_PEER])
+    # new, repeat, new, repeat -> running means 1/1, 1/2, 2/3, 2/4
+    assert seen == pytest.approx([1.0, 0.5, 2 / 3, 0.5], abs=1e-15)
+
+
+def test_new_peer_share_after_n_calls_to_new_numbers_then_repeats(fc):
+    st, s = NumberState(T0), Stream()
+    for i in range(8):
+        mo(st, fc, s, peer=f"1390000{i:04d}")
+    assert st.shares[F.S_NEW_PEER] == 1.0
+    for _ in range(3):  # past the 8-call window: EWMA with alpha 1/8, each repeat multiplies by 7/8
+        mo(st, fc, s, peer="13900000007")
+    assert st.shares[F.S_NEW_PEER] == pytest.approx((7 / 8) ** 3, abs=1e-15)
+    mo(st, fc, s, peer="13911111111")  # a new one moves 1/8 of the way to 1
+    assert st.shares[F.S_NEW_PEER] == pytest.approx((7 / 8) ** 3 + (1 - (7 / 8) ** 3) / 8, abs=1e-15)
+
+
+@pytest.mark.parametrize("window", [4, 8, 16])
+def test_new_peer_share_follows_mean_then_ewma_formula(window):
+    fc = FeatureConfig(load_cfg(**{"features.share_window_calls": window})["features"])
+    st, s = NumberState(T0), Stream()
+    peers = [f"139{i % 5 if i % 3 else i + 100:08d}" for i in range(40)]
+    flags, known = [], set()
+    got = []
+    for p in peers:
+        flags.append(0.0 if p in known else 1.0)
+        known.add(p)
+        mo(st, fc, s, peer=p)
+        got.append(st.shares[F.S_NEW_PEER])
+    assert got == pytest.approx(reference_shares(flags, window), abs=1e-12)
+
+
+def test_other_shares_of_one_call_each(fc):
+    st, s = NumberState(T0), Stream()
+    mo(st, fc, s, peer_region="GD-GZ", answered=True, duration_s=2)  # same province, short answered
+    assert st.shares[F.S_OUT_OF_PROVINCE] == 0.0 and st.shares[F.S_SHORT] == 1.0
+    mo(st, fc, s, peer_region="SC", answered=False, duration_s=0)  # other province, unanswered
+    assert st.shares[F.S_OUT_OF_PROVINCE] == 0.5
+    assert st.shares[F.S_UNANSWERED] == 0.5
+    assert st.shares[F.S_SHORT] == 0.5  # an unanswered call is not a short answered one
+    mo(st, fc, s, peer_region="INTL-44", duration_s=300)  # international, not premium
+    mo(st, fc, s, peer_region="INTL-882", duration_s=300)  # premium-rate destination
+    assert st.shares[F.S_INTL] == 0.5
+    assert st.shares[F.S_PREMIUM] == 0.25
+    assert st.shares[F.S_OUT_OF_PROVINCE] == 0.75
+    assert st.decayed[F.D_PREMIUM_DAY] == 1.0
+
+
+def test_night_share_uses_local_time(fc):
+    st, s = NumberState(T0), Stream()
+    # T0 is 10:00 local (UTC+8); T0 + 16 h is 02:00 local, inside [0, 6)
+    mo(st, fc, s, ts=T0)
+    mo(st, fc, s, ts=T0 + 16 * HOUR)
+    assert st.shares[F.S_NIGHT] == 0.5
+    fc_utc = FeatureConfig(load_cfg(**{"features.utc_offset_hours": 0})["features"])
+    st2, s2 = NumberState(T0), Stream()
+    mo(st2, fc_utc, s2, ts=T0 + 16 * HOUR)  # 18:00 UTC: not night in UTC
+    assert st2.shares[F.S_NIGHT] == 0.0
+
+
+def test_sms_do_not_move_voice_only_shares_once_warm(fc):
+    st, s = NumberState(T0), Stream()
+    for i in range(10):
+        mo(st, fc, s, answered=i % 2 == 0, duration_s=60 if i % 2 == 0 else 0)
+    before = st.shares[F.S_UNANSWERED], st.shares[F.S_SHORT]
+    mo(st, fc, s, service="sms", duration_s=0, answered=True)
+    assert (st.shares[F.S_UNANSWERED], st.shares[F.S_SHORT]) == before
+
+
+def test_voice_only_shares_are_a_mean_over_voice_calls_when_sms_come_first(fc):
+    """BUG: the warm-up step a = 1/n_mo counts SMS, but the unanswered/short shares only move on
+    voice calls. A line that sends 4 SMS and then places 4 voice calls, none answered, reports an
+    unanswered share of 0.5 (4 SMS weigh as if they were answered calls), and the reason text
+    tells the customer "50% of its recent calls went unanswered". The mean over its voice calls is
+    1.0. Fix: keep a voice-call count and use max(alpha, 1/n_voice) for the voice-only shares (and
+    that count as their support in RiskModel.raw_features)."""
+    st, s = NumberState(T0), Stream()
+    for _ in range(4):
+        mo(st, fc, s, service="sms", duration_s=0, answered=True)
+    for _ in range(4):
+        mo(st, fc, s, service="voice", duration_s=0, answered=False)
+    assert st.shares[F.S_UNANSWERED] == pytest.approx(1.0)
+
+
+# -- callbacks and provinces -------------------------------------------------------------------------
+def test_callback_share_after_a_calls_b_and_b_calls_a(fc):
+    st, s = NumberState(T0), Stream()
+    b, c, d = "13900000002", "13900000003", "13900000004"
+    assert callback_share(st) == (0.0, 0)
+    mo(st, fc, s, peer=b)
+    assert callback_share(st) == (0.0, 1)
+    mt(st, s, peer=b)
+    assert callback_share(st) == (1.0, 1)
+    mo(st, fc, s, peer=c)
+    assert callback_share(st) == (0.5, 2)
+    mt(st, s, peer=d)  # someone we never called: not in the denominator
+    assert callback_share(st) == (0.5, 2)
+    mo(st, fc, s, peer=d)  # calling back someone who called us first is not a new peer
+    assert callback_share(st) == (2 / 3, 3)
+    assert st.shares[F.S_NEW_PEER] == pytest.approx(2 / 3)  # b new, c new, d known
+
+
+def test_callback_seen_from_the_callee_side(fc):
+    st, s = NumberState(T0), Stream()
+    mt(st, s, peer="13900000002")  # B is called by A ...
+    mo(st, fc, s, peer="13900000002")  # ... and calls A back
+    assert callback_share(st) == (1.0, 1)
+    assert st.shares[F.S_NEW_PEER] == 0.0
+
+
+def test_province_spread_over_a_known_sequence(fc):
+    st, s = NumberState(T0), Stream()
+    assert province_spread(st) == 0.0
+    got = []
+    for region in ["SC", "SC-CD", "HEN", "SC"]:
+        mo(st, fc, s, peer_region=region)
+        got.append(province_spread(st))
+    assert got == pytest.approx([1 / 1, 1 / 2, 2 / 3, 2 / 4])
+    for region in ["HUN", "HB", "JX", "AH", "FJ", "GX", "YN", "GZ"]:  # now 12 calls, 10 provinces
+        mo(st, fc, s, peer_region=region)
+    assert st.n_mo == PROVINCE_RING
+    assert province_spread(st) == pytest.approx(10 / 12)
+    for _ in range(PROVINCE_RING):  # the ring keeps the last 12 only
+        mo(st, fc, s, peer_region="CQ")
+    assert province_spread(st) == pytest.approx(1 / 12)
+    mo(st, fc, s, peer_region="INTL-44")
+    mo(st, fc, s, peer_region="INTL-1")  # each country is its own "province"
+    assert province_spread(st) == pytest.approx(3 / 12)
+
+
+def test_province_spread_counts_every_distinct_province():
+    """BUG: provinces are stored in the ring as `crc32(code) % 255 + 1`, one byte, so distinct
+    provinces collide: JS/ZJ (Jiangsu, Zhejiang), HEB/LN/JL and SD/NM share ids, and a line calling
+    those 12 provinces shows a spread of 8/12 instead of 12/12 (the sample's own province codes
+    collide like this). Fix: store a collision-free id — e.g. the full crc32 in an array("I"), or a
+    fixed table of the province codes — with a number-state version bump."""
+    fc = FeatureConfig(load_cfg()["features"])
+    st, s = NumberState(T0), Stream()
+    provinces = ["JS", "ZJ", "HEB", "LN", "JL", "SD", "NM", "SC", "HEN", "HUN", "AH", "FJ"]
+    for p in provinces:
+        mo(st, fc, s, peer_region=p)
+    assert province_spread(st) == 1.0
+
+
+# -- time-decayed counts ------------------------------------------------------------------------------
+def test_hourly_count_halves_after_one_hour_daily_after_one_day(fc):
+    st, s = NumberState(T0), Stream()
+    mo(st, fc, s, ts=T0)
+    assert st.decayed[F.D_MO_HOUR] == 1.0 and st.decayed[F.D_MO_DAY] == 1.0
+    mo(st, fc, s, ts=T0 + HOUR)
+    assert st.decayed[F.D_MO_HOUR] == pytest.approx(0.5 + 1.0, rel=1e-12)
+    assert st.decayed[F.D_MO_DAY] == pytest.approx(2 ** (-1 / 24) + 1.0, rel=1e-12)
+    mt(st, s, ts=T0 + 2 * HOUR)  # an MT record decays the outgoing counts too
+    assert st.decayed[F.D_MO_HOUR] == pytest.approx(0.75, rel=1e-12)
+    assert st.decayed[F.D_MT_DAY] == 1.0
+    mt(st, s, ts=T0 + 2 * HOUR + DAY)
+    assert st.decayed[F.D_MT_DAY] == pytest.approx(0.5 + 1.0, rel=1e-12)
+    assert st.decayed[F.D_MO_DAY] == pytest.approx((2 ** (-1 / 24) + 1.0) * 2 ** (-25 / 24), rel=1e-12)
+
+
+def test_premium_count_decays_with_a_day_half_life(fc):
+    st, s = NumberState(T0), Stream()
+    for _ in range(4):
+        mo(st, fc, s, ts=T0, peer_region="INTL-882")
+    assert st.decayed[F.D_PREMIUM_DAY] == 4.0
+    mt(st, s, ts=T0 + DAY)
+    assert st.decayed[F.D_PREMIUM_DAY] == pytest.approx(2.0, rel=1e-12)
+
+
+def test_late_record_does_not_undecay_or_move_the_clock_back(fc):
+    st, s = NumberState(T0), Stream()
+    mo(st, fc, s, ts=T0 + HOUR)
+    mo(st, fc, s, ts=T0)  # late by an hour
+    assert st.last_ts == T0 + HOUR
+    assert st.decayed_ts == T0 + HOUR
+    assert st.decayed[F.D_MO_HOUR] == 2.0
+
+
+def test_handset_change_is_counted_and_decays(fc):
+    st, s = NumberState(T0), Stream()
+    mo(st, fc, s, imei="860000000000001")
+    assert st.imei_changes == 0.0  # the first handset is not a change
+    mo(st, fc, s, imei="860000000000002")
+    mt(st, s, imei="860000000000002")
+    assert st.imei_changes == 1.0
+    mt(st, s, ts=T0 + DAY, imei="860000000000002")
+    assert st.imei_changes == pytest.approx(0.5)
+
+
+# -- bounded state -------------------------------------------------------------------------------------
+def test_contact_ring_is_bounded_and_forgets_the_oldest(fc):
+    st, s = NumberState(T0), Stream()
+    peers = [f"1390000{i:04d}" for i in range(CONTACTS + 10)]
+    for p in peers:
+        mo(st, fc, s, peer=p)
+    assert len(st.contacts) == CONTACTS and len(st.contact_flags) == CONTACTS
+    assert len(set(st.contacts)) == CONTACTS
+    assert st.shares[F.S_NEW_PEER] == 1.0
+    mo(st, fc, s, peer=peers[-1])  # recent: remembered, not new
+    assert st.shares[F.S_NEW_PEER] == pytest.approx(7 / 8)
+    mo(st, fc, s, peer=peers[0])  # pushed out of the ring long ago: new again
+    assert st.shares[F.S_NEW_PEER] == pytest.approx(7 / 8 + (1 / 8) / 8)
+    _, called = callback_share(st)
+    assert called == CONTACTS
+
+
+def _busy_state(fc, n: int) -> NumberState:
+    st, s = NumberState(T0), Stream()
+    for i in range(n):
+        kind = i % 5
+        fields = {"ts": T0 + i * 7 * MINUTE, "peer": f"15{i:09d}", "cell_id": f"c{i % 50}",
+                  "imei": f"86{i // 300:013d}", "peer_region": ("SC", "GD-GZ", "INTL-882", "HEN", "BJ")[kind]}
+        if kind == 4:
+            mt(st, s, **fields)
+        else:
+            mo(st, fc, s, service="sms" if kind == 3 else "voice", answered=kind != 1, **fields)
+    return st
+
+
+def test_recent_record_ids_are_a_bounded_ring():
+    st = NumberState(T0)
+    ids = [f"r{i:07d}" for i in range(F.RECENT_IDS + 4)]
+    assert [F.seen_before(st, r) for r in ids] == [False] * len(ids)
+    assert F.seen_before(st, ids[-1]) and F.seen_before(st, ids[-F.RECENT_IDS])
+    assert not F.seen_before(st, ids[0])  # pushed out: remembered again as new
+    assert len(st.recent_ids) == F.RECENT_IDS
+
+
+def test_state_size_stays_bounded_after_thousands_of_records(fc):
+    small, big = _busy_state(fc, 200), _busy_state(fc, 5000)
+    assert big.n_mo + big.n_mt == 5000
+    d_small, d_big = small.to_dict(), big.to_dict()
+    for key, value in d_big.items():
+        if isinstance(value, list):
+            assert len(value) == len(d_small[key]), key  # no container grows with traffic
+        else:
+            assert isinstance(value, (int, float, str, bool)), key
+    assert len(big.contacts) == CONTACTS and len(big.provinces) == PROVINCE_RING and len(big.cells) == CELL_RING
+    assert len(orjson.dumps(d_big)) < 4096
+
+
+# -- snapshots -----------------------------------------------------------------------------------------
+def test_to_dict_from_dict_round_trips_exactly(fc):
+    st = _busy_state(fc, 137)
+    st.status, st.tier, st.suspended_ts, st.peak_score = 1, 1, T0 + 5 * HOUR, 0.8731
+    st.cleared_score, st.restores, st.fraud_confirmed, st.below_since = 0.61, 2, True, T0 + 6 * HOUR
+    d = st.to_dict()
+    assert d["v"] == 1
+    assert set(d) == set(NumberState.__slots__) | {"v"}
+    back = NumberState.from_dict(d)
+    assert back.to_dict() == d
+    via_json = NumberState.from_dict(orjson.loads(orjson.dumps(d)))  # as stored in a changelog
+    assert orjson.dumps(via_json.to_dict()) == orjson.dumps(d)
+    for name in NumberState.__slots__:
+        assert type(getattr(via_json, name)) is type(getattr(st, name)), name
+    # and the restored state evolves exactly like the original
+    s = Stream("z")
+    nxt = s.rec(msisdn=ME, ts=st.last_ts + HOUR, peer="13999999999", peer_region="HEN", answered=False,
+                duration_s=0)
+    update_mo(st, nxt, HOME_PROVINCE, fc)
+    update_mo(via_json, nxt, HOME_PROVINCE, fc)
+    assert via_json.to_dict() == st.to_dict()
+
+
+@pytest.mark.parametrize("version", [2, 0, None, "1"])
+def test_from_dict_rejects_unknown_version(fc, version):
+    d = NumberState(T0).to_dict()
+    if version is None:
+        del d["v"]
+    else:
+        d["v"] = version
+    with pytest.raises(ValueError, match="version"):
+        NumberState.from_dict(d)
+
+
+# -- SharedIndex ----------------------------------------------------------------------------------------
+def test_shared_index_counts_distinct_numbers_within_the_window():
+    idx = SharedIndex(window_ms=10 * HOUR)
+    assert idx.count("imei1", T0) == 0
+    assert idx.observe("imei1", "a", T0) == 1
+    assert idx.observe("imei1", "b", T0 + HOUR) == 2
+    assert idx.observe("imei1", "a", T0 + 2 * HOUR) == 2  # a repeat is not a new number
+    assert idx.observe("imei2", "a", T0 + 2 * HOUR) == 1  # keys are independent
+    assert idx.count("imei1", T0 + 11 * HOUR) == 2  # b seen exactly one window ago still counts
+    assert idx.count("imei1", T0 + 11 * HOUR + 1) == 1  # ... and not a millisecond later
+    assert idx.count("imei1", T0 + 12 * HOUR + 1) == 0
+    assert idx.observe("imei1", "c", T0 + 13 * HOUR) == 1  # expired members no longer count
+
+
+def test_shared_index_sweep_forgets_expired_members_and_keys():
+    idx = SharedIndex(window_ms=HOUR)
+    idx.observe("k1", "a", T0)
+    idx.observe("k1", "b", T0 + 50 * MINUTE)
+    idx.observe("k2", "c", T0)
+    idx.sweep(T0 + HOUR + 10 * MINUTE)
+    assert idx.members == {"k1": {"b": T0 + 50 * MINUTE}}
+
+
+def test_shared_index_is_capped_per_key():
+    idx = SharedIndex(window_ms=HOUR, cap=3)
+    for i, m in enumerate("abc"):
+        idx.observe("cell", m, T0 + i)
+    assert idx.observe("cell", "d", T0 + 10) == 3  # full of live members: saturates
+    assert len(idx.members["cell"]) == 3
+    assert idx.observe("cell", "e", T0 + 2 * HOUR) == 1  # the old ones expired: room again
+    assert set(idx.members["cell"]) == {"e"}
+
+
+# -- Enricher: facts across numbers ------------------------------------------------------------------------
+def test_handset_count_for_three_numbers_on_one_imei_is_two_other_lines():
+    enr = Enricher(load_cfg())
+    s = Stream()
+    imei = "860000000012345"
+    got = [enr.facts(s.rec(msisdn=m, ts=T0 + i * MINUTE, imei=imei)).handset_lines
+           for i, m in enumerate(["13800000001", "13800000002", "13800000003"])]
+    assert got == [0, 1, 2]
+    assert enr.facts(s.rec(msisdn="13800000001", ts=T0 + 5 * MINUTE, imei=imei)).handset_lines == 2
+    assert enr.facts(s.rec(msisdn="13800000009", ts=T0 + 6 * MINUTE, imei="860000000099999")).handset_lines == 0
+    # the others expire after features.shared_window_hours (72 h by default)
+    later = T0 + 5 * MINUTE + 72 * HOUR + 1
+    assert enr.facts(s.rec(msisdn="13800000001", ts=later, imei=imei)).handset_lines == 0
+
+
+def test_cell_index_counts_only_outgoing_only_lines():
+    enr = Enricher(load_cfg())  # bypass_min_calls: 3
+    s = Stream()
+    cell = "c77777"
+    t = iter(range(T0, T0 + DAY, MINUTE))
+
+    def on_cell(msisdn, direction="MO"):
+        return enr.facts(s.rec(msisdn=msisdn, ts=next(t), direction=direction, cell_id=cell,
+                               imei=f"86{msisdn}"))
+
+    for _ in range(3):
+        on_cell("13800000001")
+        on_cell("13800000002")
+    for _ in range(3):
+        on_cell("13800000004")
+    on_cell("13800000004", "MT")  # has inbound on this cell: not bypass-like
+    on_cell("13800000005")
+    on_cell("13800000005")  # only two calls: below bypass_min_calls
+    assert on_cell("13800000003") == SharedFacts(0, 0)  # itself not yet bypass-like
+    assert on_cell("13800000003").cell_bypass_lines == 0
+    assert on_cell("13800000003").cell_bypass_lines == 2  # counts 1 and 2, not 4 or 5
+    assert on_cell("13800000004").cell_bypass_lines == 0  # a line with inbound gets no count
+    on_cell("13800000005")  # its third call: bypass-like now
+    assert on_cell("13800000003").cell_bypass_lines == 3
+
+
+def test_cell_bypass_lines_expire_after_the_cell_window():
+    enr = Enricher(load_cfg())  # cell_window_hours: 24
+    s = Stream()
+    for i in range(3):
+        enr.facts(s.rec(msisdn="13800000001", ts=T0 + i * MINUTE, cell_id="c1", imei="861"))
+    facts = [enr.facts(s.rec(msisdn="13800000002", ts=T0 + 25 * HOUR + i * MINUTE, cell_id="c1", imei="862"))
+             for i in range(3)]
+    assert [f.cell_bypass_lines for f in facts] == [0, 0, 0]
