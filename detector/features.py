@@ -24,8 +24,8 @@ DAY_MS = 24 * HOUR_MS
 S_NEW_PEER, S_UNANSWERED, S_OUT_OF_PROVINCE, S_INTL, S_PREMIUM, S_SHORT, S_NIGHT = range(7)
 N_SHARES = 7
 # Indexes into NumberState.decayed (time-decayed counts).
-D_MO_HOUR, D_MO_DAY, D_MT_DAY, D_PREMIUM_DAY = range(4)
-N_DECAYED = 4
+D_MO_HOUR, D_MO_DAY, D_MT_DAY, D_PREMIUM_DAY, D_INTL_MIN_DAY = range(5)
+N_DECAYED = 5
 
 CONTACTS = 32  # recent distinct peers remembered per number
 PROVINCE_RING = 12  # provinces of the last outgoing calls
@@ -151,6 +151,7 @@ def _decay_to(state: NumberState, ts: int) -> None:
     d[D_MO_DAY] *= fd
     d[D_MT_DAY] *= fd
     d[D_PREMIUM_DAY] *= fd
+    d[D_INTL_MIN_DAY] *= fd
     state.imei_changes *= fd
     state.decayed_ts = ts
 
@@ -234,6 +235,8 @@ def update_mo(state: NumberState, rec: CDR, home_province: str, fc: FeatureConfi
     s[S_PREMIUM] += a * (premium - s[S_PREMIUM])
     if premium:
         d[D_PREMIUM_DAY] += 1.0
+    if intl and voice:
+        d[D_INTL_MIN_DAY] += rec.duration_s / 60.0
     s[S_NIGHT] += a * (night - s[S_NIGHT])
     if voice:
         s[S_UNANSWERED] += a * ((not rec.answered) - s[S_UNANSWERED])

@@ -42,6 +42,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature("province_spread", "share_high", 0.5, 0.3),
     Feature("intl_share", "share_high", 0.5, 0.0),
     Feature("premium_calls", "count", 0.5, 0.0),
+    Feature("intl_minutes", "count", 0.5, 0.0),
     Feature("night_share", "share_high", 0.5, 0.1),
     Feature("inbound_share", "share_low", 0.5, 0.45),
     Feature("callback_share", "share_low", 0.5, 0.25),
@@ -51,6 +52,10 @@ FEATURES: tuple[Feature, ...] = (
     Feature("new_line", "flag", 0.0, 0.0),
     Feature("prepaid", "flag", 0.0, 0.0),
     Feature("unverified", "flag", 0.0, 0.0),
+    # evidence for the line (negative weights): an established, verified business account, and
+    # a long customer history — the 14-year customer is not a fresh SIM from a bulk batch
+    Feature("business_account", "flag", 0.0, 0.0),
+    Feature("long_tenure", "flag", 0.0, 0.0),
 )
 FEATURE_NAMES = tuple(f.name for f in FEATURES)
 
@@ -70,6 +75,7 @@ class RiskModel:
         self.warmup_ms = int(float(cfg.get("warmup_hours", 24)) * 3_600_000)
         self.new_line_days = float(cfg.get("new_line_days", 30))
         self.share_low_floor = float(cfg.get("share_low_floor", 0.2))
+        self.long_tenure_days = float(cfg.get("long_tenure_days", 1095))
         weights = dict(cfg.get("prior_weights", {}))
         unknown = set(weights) - set(FEATURE_NAMES)
         if unknown:
@@ -133,6 +139,7 @@ class RiskModel:
             "province_spread": F.province_spread(st),
             "intl_share": s[F.S_INTL],
             "premium_calls": premium_calls,
+            "intl_minutes": d[F.D_INTL_MIN_DAY],
             "night_share": s[F.S_NIGHT],
             "inbound_share": (d[F.D_MT_DAY] / traffic) if traffic > 0 else 0.0,
             "callback_share": cb,
@@ -142,6 +149,10 @@ class RiskModel:
             "new_line": math.exp(-tenure / self.new_line_days) if tenure is not None else 0.0,
             "prepaid": 1.0 if profile is not None and profile.plan == "prepaid" else 0.0,
             "unverified": 1.0 if profile is not None and not profile.id_verified else 0.0,
+            "business_account": min(1.0, tenure / 365.0) if (
+                profile is not None and tenure is not None and profile.segment == "business"
+                and profile.plan == "postpaid" and profile.id_verified) else 0.0,
+            "long_tenure": min(1.0, tenure / self.long_tenure_days) if tenure is not None else 0.0,
             "tenure_days": tenure,
         }
         support = {

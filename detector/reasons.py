@@ -14,6 +14,7 @@ _TEXT = {
     "province_spread": "Its recent calls were spread over unusually many provinces ({v:.0%} distinct per call; typical: {t:.0%}).",
     "intl_share": "{v:.0%} of its recent calls were international (typical: {t:.0%}).",
     "premium_calls": "It called premium-rate international destinations about {v:.0f} times in the last day.",
+    "intl_minutes": "It talked about {v:.0f} minutes to international numbers in the last day (typical: {t:.0f}).",
     "night_share": "{v:.0%} of its recent calls were made at night (typical: {t:.0%}).",
     "inbound_share": "Only {v:.0%} of its traffic is incoming (typical: {t:.0%}): the people it calls do not call it.",
     "callback_share": "Only {v:.0%} of the numbers it called have ever called it (typical: {t:.0%}).",
@@ -23,6 +24,8 @@ _TEXT = {
     "new_line": "The line was opened only {v:.0f} days ago.",
     "prepaid": "It is a prepaid line.",
     "unverified": "The line's real-name registration is not complete.",
+    "business_account": "It is a verified business account.",
+    "long_tenure": "It has been a customer for years.",
 }
 
 _RESTORE_TEXT = {

@@ -1,12 +1,10 @@
 """detector/features.py (and the cross-number Enricher of core.py): small cases computed by hand."""
 from __future__ import annotations
 
-import math
-
 import orjson
 import pytest
 
-from conftest import DAY, HOUR, MINUTE, T0, Stream, cdr, load_cfg
+from conftest import DAY, HOUR, MINUTE, T0, Stream, load_cfg
 from detector import features as F
 from detector.core import Enricher, SharedFacts
 from detector.features import (
