@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from . import daemon_cli  # the Kafka subcommands live at the edge, in their own module
     daemon_cli.add_parsers(sub, _add_config, _add_kafka)
+    from . import tune
+    tune.add_parser(sub, _add_config)
     return parser
 
 
@@ -92,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
             return run_demo(args)
         if args.command == "generate":
             return cmd_generate(args)
+        if args.command == "tune":
+            from . import tune
+            return tune.run(args)
         if args.command == "config":
             cfg = load_config(args)
             print(json.dumps(config_mod.redacted(cfg), indent=2))
