@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections import deque
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -272,8 +273,8 @@ class Enricher:
         self.cells_dirty: set[str] = set()
 
     def facts(self, rec: CDR) -> SharedFacts:
-        if rec.ts >= self.next_sweep:
-            self.next_sweep = rec.ts + F.HOUR_MS
+        if rec.ts >= self.next_sweep:  # reclaim memory; counts check their window anyway
+            self.next_sweep = rec.ts + 6 * F.HOUR_MS
             self.handsets_dirty.update(self.handsets.sweep(rec.ts))
             self.cells_dirty.update(self.cells.sweep(rec.ts))
         self.handsets_dirty.add(rec.imei)
@@ -337,6 +338,56 @@ def public(event: dict) -> dict:
     return {k: v for k, v in event.items() if not k.startswith("_")}
 
 
+class StormBreaker:
+    """Stops a broken feed or a bad model from suspending thousands of customers at once.
+
+    Counts enforced suspensions per minute of event time; past `max_suspensions_per_minute` it
+    trips: from then on every decision is recorded in shadow mode (scored, never enforced) until
+    an operator re-arms it. Event time, not wall time, so a backtest trips exactly where the
+    daemon would.
+    """
+
+    def __init__(self, cfg: dict):
+        self.enabled = bool(cfg.get("enabled", True))
+        self.bound = int(cfg.get("max_suspensions_per_minute", 50))
+        self.window_ms = 60_000
+        self.recent: deque[int] = deque()
+        self.tripped = False
+        self.tripped_ts = 0
+        self.trips = 0
+
+    def filter(self, events: list[dict]) -> list[dict]:
+        if not self.enabled:
+            return events
+        for e in events:
+            if e["action"] not in ("suspend", "escalate") or e["mode"] != "enforce":
+                continue
+            if not self.tripped:
+                self.recent.append(e["ts"])
+                while self.recent and self.recent[0] <= e["ts"] - self.window_ms:
+                    self.recent.popleft()
+                if len(self.recent) <= self.bound:
+                    continue
+                self.tripped = True
+                self.tripped_ts = e["ts"]
+                self.trips += 1
+            e["mode"] = "shadow"
+            e["_breaker"] = True
+        return events
+
+    def rearm(self) -> None:
+        self.tripped = False
+        self.recent.clear()
+
+    def to_dict(self) -> dict:
+        return {"tripped": self.tripped, "tripped_ts": self.tripped_ts, "trips": self.trips}
+
+    def load_dict(self, d: dict) -> None:
+        self.tripped = bool(d.get("tripped", False))
+        self.tripped_ts = int(d.get("tripped_ts", 0))
+        self.trips = int(d.get("trips", 0))
+
+
 def partition_of(msisdn: str, partitions: int) -> int:
     """The Kafka partition of a key under the default partitioner (murmur2, as the Java client)."""
     return (murmur2(msisdn.encode()) & 0x7FFFFFFF) % partitions
@@ -353,12 +404,21 @@ class Detector:
         self.cfg = cfg
         self.partitions = int(partitions or cfg["kafka"]["partitions"])
         self.engines: dict[int, Engine] = {}
+        self._partition: dict[str, int] = {}  # msisdn → partition (murmur2 in Python is slow)
         self.enricher = Enricher(cfg)
         self.model_id = model_id(cfg)
         self.last_score: float | None = None
+        self.last_result = "ok"  # ok | duplicate | late, for the record just processed
+        self.late = 0
+        self.lateness_ms = int(float(cfg["state"].get("allowed_lateness_minutes", 60)) * 60_000)
+        self.breaker = StormBreaker(cfg.get("storm", {}))
 
     def engine(self, msisdn: str) -> Engine:
-        p = partition_of(msisdn, self.partitions) if self.partitions > 1 else 0
+        p = self._partition.get(msisdn)
+        if p is None:
+            if len(self._partition) > 1_000_000:
+                self._partition.clear()
+            p = self._partition[msisdn] = partition_of(msisdn, self.partitions) if self.partitions > 1 else 0
         eng = self.engines.get(p)
         if eng is None:
             eng = self.engines[p] = Engine(self.cfg)
@@ -372,13 +432,24 @@ class Detector:
         a number's state already holds (replayed after a crash) is skipped, not applied twice."""
         eng = self.engine(rec.msisdn)
         st = eng.numbers.get(rec.msisdn)
-        if st is not None and ((0 <= offset <= st.applied_offset) or F.seen_before(st, rec.record_id)):
-            eng.duplicates += 1  # a repeat must not count twice on the shared indexes either
-            self.last_score = None
-            return []
+        self.last_score = None
+        if st is not None:
+            if (0 <= offset <= st.applied_offset) or F.seen_before(st, rec.record_id):
+                eng.duplicates += 1  # a repeat must not count twice on the shared indexes either
+                self.last_result = "duplicate"
+                return []
+            if rec.ts < st.last_ts - self.lateness_ms:
+                self.late += 1  # too late to fold into rolling features: set aside, counted
+                self.last_result = "late"
+                if offset >= 0:
+                    st.applied_offset = offset
+                return []
+        self.last_result = "ok"
         if facts is None:
             facts = self.enricher.facts(rec)
         events = eng.on_record(rec, facts)
+        if events:
+            events = self.breaker.filter(events)
         st = eng.numbers[rec.msisdn]
         if st.n_mo + st.n_mt == 1:
             F.seen_before(st, rec.record_id)
@@ -388,7 +459,7 @@ class Detector:
         return events
 
     def on_outcome(self, outcome: Outcome) -> list[dict]:
-        return self.engine(outcome.msisdn).on_outcome(outcome)
+        return self.breaker.filter(self.engine(outcome.msisdn).on_outcome(outcome))
 
     @property
     def duplicates(self) -> int:

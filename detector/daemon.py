@@ -62,6 +62,8 @@ class Daemon(ConsumerRebalanceListener):
         self.persisted_positions: dict[int, dict] = {}
         self.waiting_since: float | None = None
         self.pending_assigned: set[TopicPartition] = set()
+        self.rearm_requested = False
+        self.breaker_logged = False
         self.last_loop = time.monotonic()
         self.restoring = False
         self.consumer = None
@@ -73,10 +75,25 @@ class Daemon(ConsumerRebalanceListener):
     def request_stop(self, *_args) -> None:
         self.stop_event.set()
 
+    def request_rearm(self, *_args) -> None:
+        """SIGUSR1: an operator re-arms the suspension-storm breaker."""
+        self.rearm_requested = True
+
+    def _rearm(self) -> None:
+        self.rearm_requested = False
+        self.breaker_logged = False
+        if self.detector.breaker.tripped:
+            self.detector.breaker.rearm()
+            for p in self.owned:  # persist the re-armed breaker with every partition's meta
+                self.persisted_positions.pop(p, None)
+            self.metrics.storm_breaker.set(0)
+            log.warning("storm breaker re-armed by operator")
+
     def run(self) -> int:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self.request_stop)
             signal.signal(signal.SIGINT, self.request_stop)
+            signal.signal(signal.SIGUSR1, self.request_rearm)
         if self.serve_http:
             mc = self.cfg["metrics"]
             self.server = serve(self.metrics, mc.get("address", "127.0.0.1"), int(mc.get("port", 9400)), self.health)
@@ -101,6 +118,8 @@ class Daemon(ConsumerRebalanceListener):
                     self._take_assignment()
                     continue
                 self._poll_profiles(0)
+                if self.rearm_requested:
+                    self._rearm()
                 t0 = time.perf_counter()
                 done = self._process_ready()
                 if done:
@@ -373,10 +392,20 @@ class Daemon(ConsumerRebalanceListener):
             events = self.pipeline.outcome(v)
         else:
             events = self.pipeline.process_at(v, item.offset)
+            if self.detector.last_result == "late":
+                self._dead_letter(tp, item, InvalidRecord(
+                    "late", "ts", "record is older than its number's newest record by more than "
+                                  "state.allowed_lateness_minutes; set aside"))
+                return
         for e in events:
             self._emit(e)
 
     def _emit(self, event: dict) -> None:
+        if event.get("_breaker") and not self.breaker_logged:
+            self.breaker_logged = True
+            self.metrics.storm_breaker.set(1)
+            log.error("suspension storm: breaker tripped, decisions are shadow-only until re-armed "
+                      "(kill -USR1 <pid>)", extra={"bound_per_minute": self.detector.breaker.bound})
         self.producer.send(self.topics["suspensions"], key=event["msisdn"].encode(),
                            value=orjson.dumps(public(event)))
         log.info("decision", extra={"action": event["action"], "tier": event["tier"], "mode": event["mode"],

@@ -306,6 +306,8 @@ class SharedIndex:
         if not m:
             return 0
         horizon = ts - self.window_ms
+        if len(m) == 1:
+            return 1 if next(iter(m.values())) >= horizon else 0
         return sum(1 for t in m.values() if t >= horizon)
 
     def _expire(self, m: dict[str, int], ts: int) -> None:

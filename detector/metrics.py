@@ -29,7 +29,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 # uses must be just as bounded (a short code, never an identifier from a record).
 RESULTS = ("ok", "invalid", "duplicate", "late")
 INVALID_REASONS = ("not_json", "bad_utf8", "not_object", "missing_field", "bad_type", "bad_value", "too_large")
-DLQ_REASONS = INVALID_REASONS + ("processing_error",)
+DLQ_REASONS = INVALID_REASONS + ("late", "processing_error")
 TIERS = ("low", "high", "extreme")
 ACTIONS = ("suspend", "escalate", "restore")
 MODES = ("enforce", "shadow")

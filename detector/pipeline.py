@@ -41,13 +41,13 @@ class Pipeline:
 
     def process(self, rec: CDR, now: float | None = None, offset: int = -1) -> list[dict]:
         """Feed one parsed record to the core; returns its events (with internal annotations)."""
-        dup_before = self.detector.duplicates
         events = self.detector.on_record(rec, offset=offset)
         m = self.metrics
-        if self.detector.duplicates != dup_before:
-            self.counts["duplicate"] += 1
+        result = self.detector.last_result
+        if result != "ok":
+            self.counts[result] += 1
             if m:
-                m.records.labels("duplicate").inc()
+                m.records.labels(result).inc()
             return events
         self.counts["ok"] += 1
         if m:
@@ -110,6 +110,7 @@ class Pipeline:
         if not m:
             return
         m.numbers_tracked.set(self.detector.numbers_tracked())
+        m.storm_breaker.set(1 if self.detector.breaker.tripped else 0)
         suspended: Counter = Counter()
         for eng in self.detector.engines.values():
             suspended.update(eng.suspended_by_tier())

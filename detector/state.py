@@ -47,7 +47,9 @@ def drain_changes(detector: Detector, partition: int, positions: dict[str, int])
         st = eng.numbers.get(msisdn)
         out.append((f"n:{msisdn}".encode(), encode(st.to_dict()) if st is not None else None))
     eng.dirty.clear()
-    out.append((f"m:{partition}".encode(), encode(engine_meta(eng, positions))))
+    meta = engine_meta(eng, positions)
+    meta["breaker"] = detector.breaker.to_dict()
+    out.append((f"m:{partition}".encode(), encode(meta)))
     return out
 
 
@@ -82,6 +84,8 @@ def apply_change(detector: Detector, partition: int, key: bytes, value: bytes | 
         eng = detector.engines.get(partition)
         if eng is None:
             eng = detector.engines[partition] = Engine(detector.cfg)
+        if obj.get("breaker", {}).get("tripped"):  # a tripped breaker stays tripped across restarts
+            detector.breaker.load_dict(obj["breaker"])
         return load_engine_meta(eng, obj)
     elif kind == "h":
         if obj is None:

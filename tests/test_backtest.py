@@ -12,9 +12,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from conftest import CONTRACT_EVENT_KEYS, HOUR, MINUTE, ROOT, SCORE_PY, SLICE_FRAUD, T0, Stream, load_cfg, make_cdr
+from conftest import (CONTRACT_EVENT_KEYS, HOUR, MINUTE, ROOT, SCORE_PY, SLICE_FRAUD, T0, Stream, load_cfg, make_cdr,
+                      outcome)
 from detector import backtest, report
-from detector.core import Detector
+from detector.core import Detector, public
 from detector.files import iter_lines
 from detector.pipeline import Pipeline
 
@@ -201,26 +202,35 @@ def _ring_files(tmp_path: Path, gz: bool = False) -> tuple[Path, list]:
 
 def test_outcomes_are_interleaved_by_event_time(tmp_path):
     cdrs, recs = _ring_files(tmp_path)
-    base, _ = backtest.backtest(load_cfg(), str(cdrs), None, str(tmp_path / "a.jsonl"), show_progress=False)
+    cfg = load_cfg()
+    base, _ = backtest.backtest(cfg, str(cdrs), None, str(tmp_path / "a.jsonl"), show_progress=False)
     suspended = next(e for e in base.events if e["action"] == "suspend" and e["msisdn"] == "13100000001")
-    t_clear = suspended["ts"] + 10 * MINUTE
+    # cleared at the very time of the line's next call: the verdict comes first
+    t_clear = next(r.ts for r in recs if r.msisdn == "13100000001" and r.ts > suspended["ts"])
+    t_late = recs[-1].ts + HOUR  # after the last record
     outcomes = write_jsonl(tmp_path / "outcomes.jsonl", [
-        {"msisdn": "13100000001", "ts": t_clear, "outcome": "cleared"},
-        {"msisdn": "13100000002", "ts": recs[-1].ts + HOUR, "outcome": "cleared"},  # after the last record
+        {"msisdn": "13100000002", "ts": t_late, "outcome": "cleared"},
+        {"msisdn": "13100000001", "ts": t_clear, "outcome": "cleared"},  # files need not be sorted
         b"not an outcome",
     ])
-    res, pipeline = backtest.backtest(load_cfg(), str(cdrs), None, str(tmp_path / "b.jsonl"),
-                                      outcomes=str(outcomes), show_progress=False)
+    res, pipeline = backtest.backtest(cfg, str(cdrs), None, str(tmp_path / "b.jsonl"), outcomes=str(outcomes),
+                                      show_progress=False)
     events = read_events(tmp_path / "b.jsonl")
     assert pipeline.counts["invalid_outcome"] == 1
+    # what production would do: each outcome applied just before the first record at or after its time
+    det = Detector(cfg)
+    expected, pending = [], [outcome(msisdn="13100000001", ts=t_clear)]
+    for r in recs:
+        while pending and pending[0].ts <= r.ts:
+            expected += det.on_outcome(pending.pop(0))
+        expected += det.on_record(r)
+    expected += det.on_outcome(outcome(msisdn="13100000002", ts=t_late))
+    assert events == [public(e) for e in expected]
     restores = [(i, e) for i, e in enumerate(events) if e["action"] == "restore"]
-    assert [(e["msisdn"], e["ts"]) for _, e in restores] == [("13100000001", t_clear),
-                                                              ("13100000002", recs[-1].ts + HOUR)]
-    i, _ = restores[0]
-    assert all(e["ts"] <= t_clear for e in events[:i]) and all(e["ts"] >= t_clear for e in events[i + 1:])
-    assert events[-1]["msisdn"] == "13100000002"  # outcomes left after the last record still apply
-    # events before the outcome are exactly those of the run without outcomes
-    assert events[:i] == [e for e in read_events(tmp_path / "a.jsonl") if e["ts"] <= t_clear]
+    assert [(e["msisdn"], e["ts"]) for _, e in restores] == [("13100000001", t_clear), ("13100000002", t_late)]
+    i = restores[0][0]
+    assert any(e["ts"] > t_clear for e in events[i + 1:])  # the restore sits between earlier and later events
+    assert all(e["ts"] <= t_clear for e in events[:i])
 
 
 def test_gzip_and_plain_input_give_the_same_events(tmp_path):
