@@ -95,7 +95,7 @@ def validate(cfg: dict) -> None:
         if not isinstance(t, dict):
             raise ConfigError(f"tiers.{name} is missing")
         th = t.get("threshold")
-        if not isinstance(th, (int, float)) or not 0.0 < th <= 1.0:
+        if isinstance(th, bool) or not isinstance(th, (int, float)) or not 0.0 < th <= 1.0:
             raise ConfigError(f"tiers.{name}.threshold must be a number in (0, 1], got {th!r}")
         if th <= last:
             raise ConfigError(f"tiers.{name}.threshold must be above the tier below it")

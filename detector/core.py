@@ -38,7 +38,7 @@ class Engine:
         self.cfg = cfg
         self.model_id = model_id(cfg)
         self.fc = FeatureConfig(cfg["features"])
-        self.model = RiskModel(cfg["model"])
+        self.model = RiskModel(cfg["model"], self.fc.share_calls)
         self.tiers = tuple(Tier(n, float(cfg["tiers"][n]["threshold"]), str(cfg["tiers"][n]["verification"]),
                                 str(cfg["tiers"][n]["mode"]), bool(cfg["tiers"][n].get("auto_restore", False)))
                            for n in TIER_NAMES)
@@ -52,6 +52,7 @@ class Engine:
         self.restore_after_ms = int(float(rc["for_hours"]) * F.HOUR_MS)
         self.cleared_margin = float(rc["cleared_margin"])
         self.watch_bias = float(rc["watch_bias"])
+        self.cleared_memory_ms = int(float(rc.get("cleared_memory_days", 30)) * F.DAY_MS)
         self.idle_expiry_ms = int(float(cfg["state"]["idle_expiry_days"]) * F.DAY_MS)
 
         self.numbers: dict[str, NumberState] = {}
@@ -86,6 +87,8 @@ class Engine:
             st = self.numbers[rec.msisdn] = NumberState(rec.ts)
         self.dirty.add(rec.msisdn)
         handset_lines, cell_lines = facts if facts is not None else NO_FACTS
+        st.handset_lines = handset_lines
+        st.cell_lines = cell_lines
         profile = self.profiles.get(rec.msisdn)
 
         if rec.direction == "MT":
@@ -110,6 +113,8 @@ class Engine:
         score = self._score(st, ev)
         self.last_score = score
         bar = self.tiers[0].threshold
+        if st.cleared_score and rec.ts - st.suspended_ts > self.cleared_memory_ms:
+            st.cleared_score = 0.0  # a clearance is not a licence forever (lines change hands)
         if st.cleared_score:
             bar = max(bar, min(0.999, st.cleared_score + self.cleared_margin))
         if score < bar:
@@ -130,7 +135,7 @@ class Engine:
         st = self.numbers.get(outcome.msisdn)
         if st is None:
             return []
-        ev = self._current_evidence(st, outcome.ts)
+        ev = self._current_evidence(st, outcome.msisdn, outcome.ts)
         self.model.learn(ev, outcome.outcome == "confirmed_fraud")
         self.dirty.add(outcome.msisdn)
         if outcome.outcome == "confirmed_fraud":
@@ -207,9 +212,9 @@ class Engine:
                 tier = i
         return tier
 
-    def _current_evidence(self, st: NumberState, ts: int) -> dict:
-        raw, support = self.model.raw_features(st, None, ts, 0, 0, st.decayed[F.D_PREMIUM_DAY],
-                                               ts - self.start_ts)
+    def _current_evidence(self, st: NumberState, msisdn: str, ts: int) -> dict:
+        raw, support = self.model.raw_features(st, self.profiles.get(msisdn), ts, st.handset_lines,
+                                               st.cell_lines, st.decayed[F.D_PREMIUM_DAY], ts - self.start_ts)
         return self.model.evidence(raw, support)
 
     def _reasons(self, ev: dict, raw: dict) -> list[dict]:
@@ -277,11 +282,18 @@ class Enricher:
             self.next_sweep = rec.ts + 6 * F.HOUR_MS
             self.handsets_dirty.update(self.handsets.sweep(rec.ts))
             self.cells_dirty.update(self.cells.sweep(rec.ts))
-        self.handsets_dirty.add(rec.imei)
         self.cells_dirty.add(rec.cell_id)
+        if not _real_imei(rec.imei):  # a feed that drops IMEIs must not join every line into one handset
+            return SharedFacts(0, self.cells.observe(rec))
+        self.handsets_dirty.add(rec.imei)
         handset = self.handsets.observe(rec.imei, rec.msisdn, rec.ts) - 1
         return SharedFacts(handset, self.cells.observe(rec))
 
+
+
+def _real_imei(imei: str) -> bool:
+    s = imei.strip()
+    return s.strip("0") != "" and s.lower() not in ("unknown", "none", "null", "n/a")
 
 
 class CellIndex:
@@ -301,9 +313,9 @@ class CellIndex:
         if entry is None:
             if len(m) >= self.cap:
                 self._expire(m, rec.ts, force=True)
-            entry = m[rec.msisdn] = [0, 0, rec.ts - 1]
-        if rec.ts > entry[2]:  # a record replayed after a crash is not counted twice
-            entry[0 if rec.direction == "MO" else 1] += 1
+            entry = m[rec.msisdn] = [0, 0, rec.ts]
+        entry[0 if rec.direction == "MO" else 1] += 1
+        if rec.ts > entry[2]:
             entry[2] = rec.ts
         if not self._bypass_like(entry, rec.ts - self.window_ms):
             return 0

@@ -39,10 +39,10 @@ _province_ids: dict[str, int] = {}
 
 
 def _province_id(prov: str) -> int:
-    """Small stable id (1..255) for a province code, so a ring of them fits in a bytearray."""
+    """Stable non-zero id of a province code (crc32: no collisions among region codes)."""
     pid = _province_ids.get(prov)
     if pid is None:
-        pid = (zlib.crc32(prov.encode()) % 255) + 1
+        pid = zlib.crc32(prov.encode()) or 1
         _province_ids[prov] = pid
     return pid
 
@@ -55,14 +55,14 @@ class NumberState:
     """Everything the detector remembers about one number (bounded: ~0.5 KB)."""
 
     __slots__ = (
-        "first_ts", "last_ts", "n_mo", "n_mt",
+        "first_ts", "last_ts", "n_mo", "n_mt", "n_voice",
         "decayed", "decayed_ts", "shares",
         "contacts", "contact_flags", "contact_pos",
         "provinces", "province_pos", "cells", "cell_pos",
         "imei", "imei_changes", "last_pop_ts",
         # decision state, kept with the features so it moves with the number's partition
         "status", "tier", "suspended_ts", "peak_score", "cleared_score", "restores", "fraud_confirmed",
-        "below_since", "recent_ids", "recent_pos", "applied_offset",
+        "below_since", "recent_ids", "recent_pos", "applied_offset", "handset_lines", "cell_lines",
     )
 
     def __init__(self, ts: int):
@@ -70,13 +70,14 @@ class NumberState:
         self.last_ts = ts
         self.n_mo = 0
         self.n_mt = 0
+        self.n_voice = 0  # outgoing voice calls (the support of answer-based shares)
         self.decayed = array("d", bytes(8 * N_DECAYED))
         self.decayed_ts = ts
         self.shares = array("d", bytes(8 * N_SHARES))
         self.contacts = array("I", bytes(4 * CONTACTS))
         self.contact_flags = bytearray(CONTACTS)
         self.contact_pos = 0
-        self.provinces = bytearray(PROVINCE_RING)
+        self.provinces = array("I", bytes(4 * PROVINCE_RING))
         self.province_pos = 0
         self.cells = array("I", bytes(4 * CELL_RING))
         self.cell_pos = 0
@@ -94,12 +95,15 @@ class NumberState:
         self.recent_ids = array("I", bytes(4 * RECENT_IDS))
         self.recent_pos = 0
         self.applied_offset = -1  # input offset of the last record folded in (-1: none/offline)
+        self.handset_lines = 0  # the last cross-number facts seen, for scoring between records
+        self.cell_lines = 0
 
     # -- state as plain data, for snapshots and the changelog -------------------------------
     def to_dict(self) -> dict:
         return {
             "v": 1,
             "first_ts": self.first_ts, "last_ts": self.last_ts, "n_mo": self.n_mo, "n_mt": self.n_mt,
+            "n_voice": self.n_voice,
             "decayed": list(self.decayed), "decayed_ts": self.decayed_ts, "shares": list(self.shares),
             "contacts": list(self.contacts), "contact_flags": list(self.contact_flags),
             "contact_pos": self.contact_pos, "provinces": list(self.provinces),
@@ -110,12 +114,16 @@ class NumberState:
             "fraud_confirmed": self.fraud_confirmed, "below_since": self.below_since,
             "recent_ids": list(self.recent_ids), "recent_pos": self.recent_pos,
             "applied_offset": self.applied_offset,
+            "handset_lines": self.handset_lines, "cell_lines": self.cell_lines,
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> "NumberState":
         if d.get("v") != 1:
             raise ValueError(f"unknown number-state version {d.get('v')!r}")
+        missing = [name for name in cls.__slots__ if name not in d]
+        if missing:
+            raise ValueError(f"number state v1 lacks fields {missing}")
         s = cls(d["first_ts"])
         for name in cls.__slots__:
             value = d[name]
@@ -239,8 +247,10 @@ def update_mo(state: NumberState, rec: CDR, home_province: str, fc: FeatureConfi
         d[D_INTL_MIN_DAY] += rec.duration_s / 60.0
     s[S_NIGHT] += a * (night - s[S_NIGHT])
     if voice:
-        s[S_UNANSWERED] += a * ((not rec.answered) - s[S_UNANSWERED])
-        s[S_SHORT] += a * ((rec.answered and rec.duration_s < fc.short_call_s) - s[S_SHORT])
+        state.n_voice += 1
+        av = max(fc.alpha, 1.0 / state.n_voice)
+        s[S_UNANSWERED] += av * ((not rec.answered) - s[S_UNANSWERED])
+        s[S_SHORT] += av * ((rec.answered and rec.duration_s < fc.short_call_s) - s[S_SHORT])
 
     pos = state.province_pos
     state.provinces[pos] = _province_id(prov)

@@ -67,7 +67,8 @@ def _clip01(x: float) -> float:
 class RiskModel:
     """Population baselines + an online logistic model over evidence."""
 
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg: dict, share_calls: float = 8.0):
+        self.share_calls = float(share_calls)  # features.share_window_calls: the shares' memory
         self.prior_calls = float(cfg.get("prior_calls", 3))
         self.min_population = int(cfg.get("min_population", 200))
         self.population_min_calls = int(cfg.get("population_min_calls", 5))
@@ -80,9 +81,12 @@ class RiskModel:
         unknown = set(weights) - set(FEATURE_NAMES)
         if unknown:
             raise ValueError(f"model.prior_weights names unknown features: {sorted(unknown)}")
+        # Outcomes exist only for lines that were suspended: a selected sample, which says nothing
+        # about the base rate. So the intercept stays fixed; only the weights learn.
         self.lr = linear_model.LogisticRegression(
-            optimizer=optim.SGD(float(cfg.get("learning_rate", 0.05))),
+            optimizer=optim.SGD(float(cfg.get("learning_rate", 0.02))),
             intercept_init=float(cfg.get("prior_bias", -6.0)),
+            intercept_lr=0.0,
             l2=float(cfg.get("l2", 0.0)),
         )
         for name in FEATURE_NAMES:
@@ -126,7 +130,8 @@ class RiskModel:
         known = min(1.0, watched_ms / self.warmup_ms) if self.warmup_ms > 0 else 1.0
         s = st.shares
         d = st.decayed
-        n_calls = min(float(st.n_mo), 1.0 / max(1e-9, self._alpha))
+        n_calls = min(float(st.n_mo), self.share_calls)
+        n_voice = min(float(st.n_voice), self.share_calls)
         cb, called = F.callback_share(st)
         traffic = d[F.D_MO_DAY] + d[F.D_MT_DAY]
         tenure = F.tenure_days(profile, ts)
@@ -156,14 +161,13 @@ class RiskModel:
             "tenure_days": tenure,
         }
         support = {
-            "new_peer_share": n_calls * known, "unanswered_share": n_calls, "short_call_share": n_calls,
+            "new_peer_share": n_calls * known, "unanswered_share": n_voice, "short_call_share": n_voice,
             "out_of_province_share": n_calls, "province_spread": min(float(st.n_mo), F.PROVINCE_RING),
             "intl_share": n_calls, "night_share": n_calls, "inbound_share": traffic * known,
             "callback_share": float(called) * known,
         }
         return raw, support
 
-    _alpha = 1.0 / 8
 
     # -- evidence and score --------------------------------------------------------------------
     def evidence(self, raw: dict, support: dict) -> dict[str, float]:

@@ -9,7 +9,7 @@ _TEXT = {
     "calls_last_hour": "The line placed about {v:.0f} calls in the last hour; most lines here stay under {t:.0f}.",
     "new_peer_share": "{v:.0%} of its recent calls went to numbers it had never been in contact with (typical: {t:.0%}).",
     "unanswered_share": "{v:.0%} of its recent calls went unanswered (typical: {t:.0%}).",
-    "short_call_share": "{v:.0%} of its recent answered calls lasted only a few seconds (typical: {t:.0%}).",
+    "short_call_share": "{v:.0%} of its recent voice calls were answered and dropped within a few seconds (typical: {t:.0%}).",
     "out_of_province_share": "{v:.0%} of its recent calls went to other provinces (typical: {t:.0%}).",
     "province_spread": "Its recent calls were spread over unusually many provinces ({v:.0%} distinct per call; typical: {t:.0%}).",
     "intl_share": "{v:.0%} of its recent calls were international (typical: {t:.0%}).",

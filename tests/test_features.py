@@ -414,3 +414,33 @@ def test_cell_bypass_lines_expire_after_the_cell_window():
     facts = [enr.facts(s.rec(msisdn="13800000002", ts=T0 + 25 * HOUR + i * MINUTE, cell_id="c1", imei="862"))
              for i in range(3)]
     assert [f.cell_bypass_lines for f in facts] == [0, 0, 0]
+
+
+def test_late_inbound_record_still_makes_the_line_two_way_on_its_cell():
+    """BUG: `CellIndex.observe` counts a record only if its ts is later than the line's last one on
+    the cell (meant to skip records replayed after a crash). A record that is merely late — CDR
+    feeds from different switches arrive out of order — is dropped too: an inbound call that began
+    a minute before the line's outgoing calls never counts, and the two-way line is counted as a
+    bypass-like (outgoing-only) line on its cell. Fix: skip replays by identity (record-id hash or
+    input offset per entry), not by time."""
+    enr = Enricher(load_cfg())
+    s = Stream()
+    for i in range(3):
+        enr.facts(s.rec(msisdn="13800000001", ts=T0 + 10 * MINUTE + i * MINUTE, cell_id="c1", imei="861"))
+    enr.facts(s.rec(msisdn="13800000001", ts=T0 + 9 * MINUTE, direction="MT", cell_id="c1", imei="861"))
+    facts = [enr.facts(s.rec(msisdn="13800000002", ts=T0 + 20 * MINUTE + i * MINUTE, cell_id="c1", imei="862"))
+             for i in range(3)]
+    assert facts[-1].cell_bypass_lines == 0
+
+
+def test_lines_without_a_known_handset_do_not_share_one():
+    """BUG (robustness): the contract only says `imei` is a string and the parser accepts "" — but
+    the Enricher keys handsets by it, so every line whose records lack an IMEI is counted as being
+    on one handset with all the others (up to 63 "other lines", full handset_lines evidence, the
+    second-heaviest prior weight). One feed that drops the IMEI would suspend legitimate lines in
+    bulk. Fix: skip empty (and placeholder, e.g. all-zero) IMEIs in `Enricher.facts`, or reject
+    them at the edge and say so in the contract."""
+    enr = Enricher(load_cfg())
+    s = Stream()
+    got = [enr.facts(s.rec(msisdn=f"1380000000{i}", ts=T0 + i * MINUTE, imei="")).handset_lines for i in range(5)]
+    assert got == [0] * 5
