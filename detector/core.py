@@ -17,9 +17,10 @@ from kafka.partitioner.default import murmur2
 from . import features as F
 from .config import TIER_NAMES, model_id
 from .contract import CDR, Outcome, Profile, province
-from .features import FeatureConfig, NumberState, SharedIndex
+from .features import FeatureConfig, NumberState
 from .model import RiskModel
 from .reasons import describe, restore_reason
+from .shared import NO_FACTS, Enricher, SharedFacts
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,9 @@ class Tier:
 class Engine:
     """All detector state for the numbers it owns, and the rules that turn scores into actions."""
 
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg: dict, track_changes: bool = False):
         self.cfg = cfg
+        self.track_changes = track_changes  # the daemon persists changed numbers; a backtest need not
         self.model_id = model_id(cfg)
         self.fc = FeatureConfig(cfg["features"])
         self.model = RiskModel(cfg["model"], self.fc.share_calls)
@@ -85,7 +87,8 @@ class Engine:
         st = self.numbers.get(rec.msisdn)
         if st is None:
             st = self.numbers[rec.msisdn] = NumberState(rec.ts)
-        self.dirty.add(rec.msisdn)
+        if self.track_changes:
+            self.dirty.add(rec.msisdn)
         handset_lines, cell_lines = facts if facts is not None else NO_FACTS
         st.handset_lines = handset_lines
         st.cell_lines = cell_lines
@@ -137,7 +140,8 @@ class Engine:
             return []
         ev = self._current_evidence(st, outcome.msisdn, outcome.ts)
         self.model.learn(ev, outcome.outcome == "confirmed_fraud")
-        self.dirty.add(outcome.msisdn)
+        if self.track_changes:
+            self.dirty.add(outcome.msisdn)
         if outcome.outcome == "confirmed_fraud":
             st.fraud_confirmed = True
             return []
@@ -250,99 +254,8 @@ class Engine:
         horizon = now - self.idle_expiry_ms
         for msisdn in [m for m, s in self.numbers.items() if s.last_ts < horizon and not s.status]:
             del self.numbers[msisdn]
-            self.dirty.add(msisdn)  # persisted as a tombstone
-
-
-class SharedFacts(NamedTuple):
-    handset_lines: int  # other lines seen on this record's handset
-    cell_bypass_lines: int  # other outgoing-only lines on this record's cell
-
-
-NO_FACTS = SharedFacts(0, 0)
-
-
-class Enricher:
-    """Facts that cross numbers, keyed by the shared thing (handset, cell), in event-time order.
-
-    A deterministic function of the time-ordered records of each handset and each cell, so the
-    same answer comes out whether it runs in-process or behind a repartition topic.
-    """
-
-    def __init__(self, cfg: dict):
-        fc = FeatureConfig(cfg["features"])
-        self.min_calls = fc.bypass_min_calls
-        self.handsets = SharedIndex(fc.shared_window_ms)
-        self.cells = CellIndex(fc.cell_window_ms, self.min_calls)
-        self.next_sweep = 0
-        self.handsets_dirty: set[str] = set()  # keys changed since the state was last persisted
-        self.cells_dirty: set[str] = set()
-
-    def facts(self, rec: CDR) -> SharedFacts:
-        if rec.ts >= self.next_sweep:  # reclaim memory; counts check their window anyway
-            self.next_sweep = rec.ts + 6 * F.HOUR_MS
-            self.handsets_dirty.update(self.handsets.sweep(rec.ts))
-            self.cells_dirty.update(self.cells.sweep(rec.ts))
-        self.cells_dirty.add(rec.cell_id)
-        if not _real_imei(rec.imei):  # a feed that drops IMEIs must not join every line into one handset
-            return SharedFacts(0, self.cells.observe(rec))
-        self.handsets_dirty.add(rec.imei)
-        handset = self.handsets.observe(rec.imei, rec.msisdn, rec.ts) - 1
-        return SharedFacts(handset, self.cells.observe(rec))
-
-
-
-def _real_imei(imei: str) -> bool:
-    s = imei.strip()
-    return s.strip("0") != "" and s.lower() not in ("unknown", "none", "null", "n/a")
-
-
-class CellIndex:
-    """Per cell: lines with outgoing traffic and no incoming traffic on it lately (bypass-like)."""
-
-    def __init__(self, window_ms: int, min_calls: int, cap: int = 128):
-        self.window_ms = window_ms
-        self.min_calls = min_calls
-        self.cap = cap
-        self.members: dict[str, dict[str, list]] = {}  # cell → msisdn → [mo, mt, last_ts]
-
-    def observe(self, rec: CDR) -> int:
-        m = self.members.get(rec.cell_id)
-        if m is None:
-            m = self.members[rec.cell_id] = {}
-        entry = m.get(rec.msisdn)
-        if entry is None:
-            if len(m) >= self.cap:
-                self._expire(m, rec.ts, force=True)
-            entry = m[rec.msisdn] = [0, 0, rec.ts]
-        entry[0 if rec.direction == "MO" else 1] += 1
-        if rec.ts > entry[2]:
-            entry[2] = rec.ts
-        if not self._bypass_like(entry, rec.ts - self.window_ms):
-            return 0
-        horizon = rec.ts - self.window_ms
-        return sum(1 for k, e in m.items() if k != rec.msisdn and self._bypass_like(e, horizon))
-
-    def _bypass_like(self, e: list, horizon: int) -> bool:
-        return e[1] == 0 and e[0] >= self.min_calls and e[2] >= horizon
-
-    def _expire(self, m: dict, ts: int, force: bool = False) -> None:
-        horizon = ts - self.window_ms
-        for k in [k for k, e in m.items() if e[2] < horizon]:
-            del m[k]
-        if force and len(m) >= self.cap:  # still full: drop the longest-idle line
-            del m[min(m, key=lambda k: (m[k][2], k))]
-
-    def sweep(self, ts: int) -> list[str]:
-        """Expire idle lines; returns the cells that changed."""
-        changed = []
-        for cell in list(self.members):
-            before = len(self.members[cell])
-            self._expire(self.members[cell], ts)
-            if len(self.members[cell]) != before:
-                changed.append(cell)
-            if not self.members[cell]:
-                del self.members[cell]
-        return changed
+            if self.track_changes:
+                self.dirty.add(msisdn)  # persisted as a tombstone
 
 
 def public(event: dict) -> dict:
@@ -412,12 +325,13 @@ class Detector:
     each partition's engine sees only its own numbers, in the same order, both decide alike.
     """
 
-    def __init__(self, cfg: dict, partitions: int | None = None):
+    def __init__(self, cfg: dict, partitions: int | None = None, track_changes: bool = False):
         self.cfg = cfg
+        self.track_changes = track_changes
         self.partitions = int(partitions or cfg["kafka"]["partitions"])
         self.engines: dict[int, Engine] = {}
         self._partition: dict[str, int] = {}  # msisdn → partition (murmur2 in Python is slow)
-        self.enricher = Enricher(cfg)
+        self.enricher = Enricher(cfg, track_changes)
         self.model_id = model_id(cfg)
         self.last_score: float | None = None
         self.last_result = "ok"  # ok | duplicate | late, for the record just processed
@@ -433,7 +347,7 @@ class Detector:
             p = self._partition[msisdn] = partition_of(msisdn, self.partitions) if self.partitions > 1 else 0
         eng = self.engines.get(p)
         if eng is None:
-            eng = self.engines[p] = Engine(self.cfg)
+            eng = self.engines[p] = Engine(self.cfg, self.track_changes)
         return eng
 
     def on_profile(self, profile: Profile) -> None:

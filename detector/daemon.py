@@ -31,6 +31,7 @@ from .metrics import Metrics, serve
 from .pipeline import Pipeline
 
 log = logging.getLogger("cdr_detector.daemon")
+WATERMARK_DONE = 2**62  # a caught-up partition holds nothing older than anything yet to come
 
 
 class Item(NamedTuple):
@@ -64,6 +65,12 @@ class Daemon(ConsumerRebalanceListener):
         self.pending_assigned: set[TopicPartition] = set()
         self.rearm_requested = False
         self.breaker_logged = False
+        self.shared = None
+        self.last_ts: dict[int, int] = {}  # input partition → event time of its last processed record
+        self.published_wm: dict[int, int] = {}
+        self.remote_wm: dict[int, int] = {}  # partition → watermark published by its owner
+        self.shared_wait_ms = int(self.k.get("max_shared_wait_ms", 60_000))
+        self.shared_waiting_since: float | None = None
         self.last_loop = time.monotonic()
         self.restoring = False
         self.consumer = None
@@ -82,6 +89,12 @@ class Daemon(ConsumerRebalanceListener):
     def _rearm(self) -> None:
         self.rearm_requested = False
         self.breaker_logged = False
+        self.shared = None
+        self.last_ts: dict[int, int] = {}  # input partition → event time of its last processed record
+        self.published_wm: dict[int, int] = {}
+        self.remote_wm: dict[int, int] = {}  # partition → watermark published by its owner
+        self.shared_wait_ms = int(self.k.get("max_shared_wait_ms", 60_000))
+        self.shared_waiting_since: float | None = None
         if self.detector.breaker.tripped:
             self.detector.breaker.rearm()
             for p in self.owned:  # persist the re-armed breaker with every partition's meta
@@ -102,10 +115,11 @@ class Daemon(ConsumerRebalanceListener):
         self.producer = kafka_io.producer(self.k)
         self.consumer = kafka_io.consumer(self.k)
         n = self._partition_count()
-        self.detector = Detector(self.cfg, partitions=n)
+        self.detector = Detector(self.cfg, partitions=n, track_changes=True)
         self.pipeline = Pipeline(self.detector, self.metrics)
         self.profiles = kafka_io.consumer(self.k, group=False)
         self.profiles.assign([])
+        self._start_shared(n)
         self.consumer.subscribe([self.topics["records"], self.topics["outcomes"]], listener=self)
         log.info("daemon started", extra={"group": self.k["group_id"], "partitions": n,
                                           "model": self.detector.model_id})
@@ -118,6 +132,7 @@ class Daemon(ConsumerRebalanceListener):
                     self._take_assignment()
                     continue
                 self._poll_profiles(0)
+                self._poll_shared(0)
                 if self.rearm_requested:
                     self._rearm()
                 t0 = time.perf_counter()
@@ -135,7 +150,7 @@ class Daemon(ConsumerRebalanceListener):
             self._close()
 
     def _close(self) -> None:
-        for c in (self.consumer, self.profiles):
+        for c in (self.consumer, self.profiles, self.shared):
             if c is not None:
                 try:
                     c.close(autocommit=False)
@@ -217,6 +232,8 @@ class Daemon(ConsumerRebalanceListener):
             self.owned.discard(p)
             self.detector.engines.pop(p, None)
             self.persisted_positions.pop(p, None)
+            self.published_wm.pop(p, None)
+            self.last_ts.pop(p, None)
         log.info("partitions revoked", extra={"partitions": sorted({tp.partition for tp in tps})})
 
     def _take_assignment(self) -> None:
@@ -279,8 +296,6 @@ class Daemon(ConsumerRebalanceListener):
             eng = self.detector.engines.get(p)
             if eng is not None:
                 eng.dirty.clear()
-        self.detector.enricher.handsets_dirty.clear()
-        self.detector.enricher.cells_dirty.clear()
         self.persisted_positions.update(positions)
         seconds = time.perf_counter() - t0
         self.metrics.restore_seconds.observe(seconds)
@@ -310,6 +325,85 @@ class Daemon(ConsumerRebalanceListener):
                 if msg.value is None:
                     continue
                 self.pipeline.profile(msg.value)
+
+    # -- the shared facts (handsets, cells) ---------------------------------------------------
+    def _start_shared(self, partitions: int) -> None:
+        """Every process reads the whole shared topic: first to its end, then as it grows."""
+        self.shared = kafka_io.consumer(self.k, group=False)
+        tps = [TopicPartition(self.topics["shared"], p) for p in range(partitions)]
+        self.shared.assign(tps)
+        self.shared.seek_to_beginning(*tps)
+        end = self.shared.end_offsets(tps)
+        t0 = time.perf_counter()
+        n = 0
+        while any(self.shared.position(tp) < end[tp] for tp in tps):
+            n += self._poll_shared(500)
+        log.info("shared facts loaded", extra={"records": n, "seconds": round(time.perf_counter() - t0, 3)})
+
+    def _poll_shared(self, timeout_ms: int) -> int:
+        n = 0
+        enricher = self.detector.enricher
+        for tp, msgs in self.shared.poll(timeout_ms=timeout_ms, max_records=10000).items():
+            for msg in msgs:
+                n += 1
+                key = msg.key.decode()
+                kind, _, rest = key.partition("|")
+                if kind == "w":
+                    if msg.value is not None:
+                        self.remote_wm[int(rest)] = int(orjson.loads(msg.value)["wm"])
+                    continue
+                thing, _, msisdn = rest.rpartition("|")
+                if partition_of(msisdn, self.detector.partitions) in self.owned and msg.value is not None:
+                    continue  # our own pair, already applied when we processed the record
+                enricher.merge(kind, thing, msisdn, state.decode_pair(msg.value) if msg.value else None)
+        return n
+
+    def _shared_ready(self, ts: int) -> bool:
+        """Have the owners of the other partitions published every pair before ts's bucket?"""
+        if len(self.owned) >= self.detector.partitions:
+            return True
+        bucket_start = ts - ts % self.detector.enricher.bucket_ms
+        for p in range(self.detector.partitions):
+            if p not in self.owned and self.remote_wm.get(p, -1) < bucket_start:
+                now = time.monotonic()
+                if self.shared_waiting_since is None:
+                    self.shared_waiting_since = now
+                if (now - self.shared_waiting_since) * 1000 < self.shared_wait_ms:
+                    return False
+                self.metrics.shared_wait_timeouts.inc()
+                log.warning("gave up waiting for another partition's shared facts",
+                            extra={"partition": p, "watermark": self.remote_wm.get(p), "needed": bucket_start})
+                self.shared_waiting_since = None
+                return True
+        self.shared_waiting_since = None
+        return True
+
+    def _watermark(self, p: int) -> int | None:
+        """Event time before which every record of input partition p has been processed."""
+        tp = TopicPartition(self.topics["records"], p)
+        buf = self.buffers.get(tp)
+        if buf is None:
+            return None
+        if buf:
+            head = buf[0]
+            return head.key[0] if head.key[0] >= 0 else self.last_ts.get(p)
+        if self._caught_up(tp):
+            return WATERMARK_DONE
+        return self.last_ts.get(p)
+
+    def _publish_shared(self) -> None:
+        n = self.detector.partitions
+        for kind, thing, msisdn, entry in self.detector.enricher.drain_changes():
+            p = partition_of(msisdn, n)
+            if p in self.owned:
+                self.producer.send(self.topics["shared"], key=f"{kind}|{thing}|{msisdn}".encode(),
+                                   value=state.encode_pair(entry), partition=p)
+        for p in sorted(self.owned):
+            wm = self._watermark(p)
+            if wm is not None and wm != self.published_wm.get(p):
+                self.producer.send(self.topics["shared"], key=f"w|{p}".encode(),
+                                   value=orjson.dumps({"v": 1, "wm": wm}), partition=p)
+                self.published_wm[p] = wm
 
     # -- the loop ----------------------------------------------------------------------------
     def _poll(self) -> None:
@@ -352,6 +446,8 @@ class Daemon(ConsumerRebalanceListener):
                 waiting = True
         if best is None:
             return None
+        if best_key[0] != -1 and best_key[1] == 1 and not self._shared_ready(best_key[0]):
+            return None
         if waiting and best_key[0] != -1:
             now = time.monotonic()
             if self.waiting_since is None:
@@ -380,6 +476,8 @@ class Daemon(ConsumerRebalanceListener):
             item = self.buffers[tp].popleft()
             self._handle(tp, item)
             self.processed[tp] = item.offset + 1
+            if item.key[0] >= 0 and tp.topic == self.topics["records"]:
+                self.last_ts[tp.partition] = item.key[0]
             done += 1
         return done
 
@@ -446,9 +544,7 @@ class Daemon(ConsumerRebalanceListener):
             for key, value in state.drain_changes(self.detector, p, positions):
                 self.producer.send(self.topics["changelog"], key=key, value=value, partition=p)
             self.persisted_positions[p] = positions
-        for key, value in state.drain_enricher(self.detector):
-            self.producer.send(self.topics["changelog"], key=key, value=value,
-                               partition=partition_of(key.decode(), n))
+        self._publish_shared()
         t1 = time.perf_counter()
         self.producer.flush()
         self.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)

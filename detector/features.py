@@ -285,60 +285,6 @@ def distinct_cells(state: NumberState) -> int:
     return len(set(state.cells[:n])) if n else 0
 
 
-class SharedIndex:
-    """Distinct numbers seen on one shared thing (a handset, a cell), with expiry.
-
-    Kept per key with at most `cap` members, so a busy cell cannot grow without bound; the count
-    saturates at `cap`, which is already far past anything a person's phone shows.
-    """
-
-    def __init__(self, window_ms: int, cap: int = 64):
-        self.window_ms = window_ms
-        self.cap = cap
-        self.members: dict[str, dict[str, int]] = {}
-
-    def observe(self, key: str, msisdn: str, ts: int) -> int:
-        m = self.members.get(key)
-        if m is None:
-            m = self.members[key] = {}
-        if msisdn in m:
-            if ts > m[msisdn]:
-                m[msisdn] = ts
-        else:
-            if len(m) >= self.cap:
-                self._expire(m, ts)
-            if len(m) < self.cap:
-                m[msisdn] = ts
-        return self.count(key, ts)
-
-    def count(self, key: str, ts: int) -> int:
-        m = self.members.get(key)
-        if not m:
-            return 0
-        horizon = ts - self.window_ms
-        if len(m) == 1:
-            return 1 if next(iter(m.values())) >= horizon else 0
-        return sum(1 for t in m.values() if t >= horizon)
-
-    def _expire(self, m: dict[str, int], ts: int) -> None:
-        horizon = ts - self.window_ms
-        for k in [k for k, t in m.items() if t < horizon]:
-            del m[k]
-
-    def sweep(self, ts: int) -> list[str]:
-        """Expire old members; returns the keys that changed."""
-        changed = []
-        for key in list(self.members):
-            m = self.members[key]
-            before = len(m)
-            self._expire(m, ts)
-            if len(m) != before:
-                changed.append(key)
-            if not m:
-                del self.members[key]
-        return changed
-
-
 def tenure_days(profile: Profile | None, ts: int) -> float | None:
     if profile is None:
         return None

@@ -43,6 +43,7 @@ def consumer(kcfg: dict, group: bool = True, **extra) -> KafkaConsumer:
 def topic_names(kcfg: dict) -> dict[str, str]:
     t = dict(kcfg["topics"])
     t.setdefault("changelog", f"{kcfg['group_id']}.state-changelog")
+    t.setdefault("shared", f"{kcfg['group_id']}.shared-facts")
     return t
 
 
@@ -59,6 +60,7 @@ def ensure_topics(kcfg: dict) -> None:
         NewTopic(t["suspensions"], parts, rf),
         NewTopic(t["dlq"], parts, rf),
         NewTopic(t["changelog"], parts, rf, topic_configs=compact),
+        NewTopic(t["shared"], parts, rf, topic_configs=compact),
     ]
     admin = KafkaAdminClient(**common(kcfg))
     try:

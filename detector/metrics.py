@@ -104,6 +104,10 @@ class Metrics:
             "cdr_detector_numbers_tracked", "Numbers that currently have per-number state.", registry=r)
         self.suspended_lines = Gauge(
             "cdr_detector_suspended_lines", "Lines currently suspended, by tier.", ["tier"], registry=r)
+        self.shared_wait_timeouts = Counter(
+            "cdr_detector_shared_wait_timeouts_total",
+            "Times a daemon stopped waiting for another partition's shared facts (handset/cell) "
+            "and decided without them.", registry=r)
         self.storm_breaker = Gauge(
             "cdr_detector_storm_breaker_tripped",
             "1 while the storm breaker holds back suspensions (too many at once), else 0.", registry=r)

@@ -3,8 +3,11 @@
 Keys (UTF-8) in the compacted changelog topic, partitioned like the input:
 - `n:<msisdn>` — one number's state (a tombstone when the number expires);
 - `m:<partition>` — the partition engine's own state: the model, its clocks, and the input
-  positions the state reflects (so a restore replays only the gap);
-- `h:<imei>` / `c:<cell>` — what the Enricher knows of one handset / one cell.
+  positions the state reflects (so a restore replays only the gap).
+Keys in the compacted shared topic (cross-number facts, read by every process):
+- `h|<imei>|<msisdn>` / `c|<cell>|<msisdn>` — the time buckets a line was seen on a handset / cell,
+  in the partition of the line's number (one writer per key);
+- `w|<partition>` — that partition's watermark: every pair from records before it is published.
 Every value is JSON with a format version `v`; an unknown version is refused, not guessed at.
 """
 from __future__ import annotations
@@ -53,18 +56,18 @@ def drain_changes(detector: Detector, partition: int, positions: dict[str, int])
     return out
 
 
-def drain_enricher(detector: Detector) -> list[tuple[bytes, bytes | None]]:
-    enr = detector.enricher
-    out: list[tuple[bytes, bytes | None]] = []
-    for imei in sorted(enr.handsets_dirty):
-        m = enr.handsets.members.get(imei)
-        out.append((f"h:{imei}".encode(), encode({"v": STATE_VERSION, "m": m}) if m else None))
-    for cell in sorted(enr.cells_dirty):
-        m = enr.cells.members.get(cell)
-        out.append((f"c:{cell}".encode(), encode({"v": STATE_VERSION, "m": m}) if m else None))
-    enr.handsets_dirty.clear()
-    enr.cells_dirty.clear()
-    return out
+def encode_pair(entry: list | None) -> bytes | None:
+    """A (thing, line) bucket mask for the shared topic; masks are hex (they exceed 64 bits)."""
+    if entry is None:
+        return None
+    return orjson.dumps({"v": STATE_VERSION, "b": entry[0], "m": [format(x, "x") for x in entry[1:]]})
+
+
+def decode_pair(value: bytes) -> list:
+    obj = orjson.loads(value)
+    if obj.get("v") != STATE_VERSION:
+        raise ValueError(f"shared pair: unknown state version {obj.get('v')!r}")
+    return [int(obj["b"])] + [int(x, 16) for x in obj["m"]]
 
 
 def apply_change(detector: Detector, partition: int, key: bytes, value: bytes | None) -> dict[str, int] | None:
@@ -87,16 +90,6 @@ def apply_change(detector: Detector, partition: int, key: bytes, value: bytes | 
         if obj.get("breaker", {}).get("tripped"):  # a tripped breaker stays tripped across restarts
             detector.breaker.load_dict(obj["breaker"])
         return load_engine_meta(eng, obj)
-    elif kind == "h":
-        if obj is None:
-            detector.enricher.handsets.members.pop(name, None)
-        else:
-            detector.enricher.handsets.members[name] = obj["m"]
-    elif kind == "c":
-        if obj is None:
-            detector.enricher.cells.members.pop(name, None)
-        else:
-            detector.enricher.cells.members[name] = {m: list(e) for m, e in obj["m"].items()}
     else:
         raise ValueError(f"changelog: unknown key {k!r}")
     return None

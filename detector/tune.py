@@ -11,9 +11,12 @@ FP a legitimate line suspended, or a fraud line suspended before its onset; harm
 calls a fraud line placed between its onset and its suspension (median over fraud lines).
 
 Approximations (documented; `tests/test_tune.py` checks them against real backtests):
-- Suspended lines stop feeding the learnt population baseline. The probe suspends at the floor,
-  so a few more lines stop feeding it than a run at T would; baselines are medians over every
-  subscriber, fed at most once a day per line, so this moves scores very little.
+- Suspended lines stop feeding the learnt population baseline. The probe suspends at the floor, so
+  more lines stop feeding it than in a run at T; the baseline then looks a little more "normal" and
+  the probe's scores come out slightly HIGHER. Predicted false suspensions are therefore slightly
+  pessimistic (safe for a budget) and recall slightly optimistic. On the labelled sample, probing at
+  0.02: predicted/real false suspensions 193/184 at 0.03, 55/48 at 0.05, 8/7 at 0.08; probing at
+  0.2: identical TP/FP at 0.3, 0.5 and 0.8, TP 85/84 at 0.95. `--verify` runs the real backtest.
 - The probe's own restores, re-suspensions and cleared-outcome hysteresis are not those of a run
   at T. Only the FIRST suspension is predicted, as the report scores only the first one.
 - Tiers: a line "reaches" tier X when its score ever reaches T_X. A line suspended lower escalates
@@ -347,38 +350,39 @@ def format_table(rows: list[dict], proposal: Proposal, all_rows: bool = False) -
 
 
 def plot(rows: list[dict], proposal: Proposal, path: str, title: str = "") -> None:
+    """Precision and recall (top) and false suspensions per 10k (bottom, log scale) against the
+    threshold, with the proposed tier thresholds (vertical) and the tier budgets (horizontal)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ts = [r["threshold"] for r in rows]
-    fig, ax = plt.subplots(figsize=(9, 5.2), dpi=110)
+    fig, (ax, ax2) = plt.subplots(2, 1, sharex=True, figsize=(9, 6.5), dpi=110,
+                                  gridspec_kw={"height_ratios": [3, 2]})
     ax.plot(ts, [r["precision"] if r["precision"] is not None else float("nan") for r in rows],
             color="tab:blue", lw=2, label="precision")
     ax.plot(ts, [r["recall"] for r in rows], color="tab:green", lw=2, label="recall")
-    ax.set_xlabel("score threshold")
     ax.set_ylabel("precision / recall")
     ax.set_ylim(-0.02, 1.05)
-    ax.set_xlim(ts[0], ts[-1])
     ax.grid(alpha=0.3)
-    ax2 = ax.twinx()
-    ax2.plot(ts, [r["fp_per_10k_benign"] for r in rows], color="tab:red", lw=2, label="false suspensions / 10k")
-    ax2.set_ylabel("false suspensions per 10k legitimate lines", color="tab:red")
-    ax2.tick_params(axis="y", colors="tab:red")
-    top = max([r["fp_per_10k_benign"] for r in rows] + [proposal.budgets["low"]]) * 1.15 or 1.0
-    ax2.set_ylim(0, top)
-    colours = {"low": "#e6a700", "high": "#e65c00", "extreme": "#b30000"}
+    fp = [r["fp_per_10k_benign"] for r in rows]
+    ax2.plot(ts, fp, color="tab:red", lw=2, label="false suspensions / 10k legitimate")
+    ax2.set_yscale("symlog", linthresh=1.0)
+    ax2.set_ylim(0, max(fp + [proposal.budgets["low"]]) * 2)
+    ax2.set_ylabel("false suspensions\nper 10k legitimate")
+    ax2.set_xlabel("score threshold")
+    ax2.set_xlim(ts[0], ts[-1])
+    ax2.grid(alpha=0.3, which="both")
+    colours = {"low": "#d99a00", "high": "#e65c00", "extreme": "#a00000"}
     for name in TIERS:
         b = proposal.budgets[name]
-        ax2.axhline(b, color=colours[name], ls=":", lw=1.2)
-        ax2.text(ts[-1], b, f" {name} budget {b:g}", color=colours[name], va="bottom", ha="right", fontsize=8)
+        ax2.axhline(b, color=colours[name], ls=":", lw=1.5, label=f"{name} budget {b:g}")
         t = proposal.thresholds[name]
         if t is not None:
-            ax.axvline(t, color=colours[name], ls="--", lw=1.5)
-            ax.text(t, 1.03, f" {name} {t:.2f}", color=colours[name], rotation=0, fontsize=9, va="top")
-    h1, l1 = ax.get_legend_handles_labels()
-    h2, l2 = ax2.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, loc="lower left", fontsize=9)
+            for a in (ax, ax2):
+                a.axvline(t, color=colours[name], ls="--", lw=1.5, label=f"{name} threshold {t:.2f}" if a is ax else None)
+    ax.legend(loc="lower left", fontsize=8, ncol=2)
+    ax2.legend(loc="upper right", fontsize=8)
     ax.set_title(title or "Threshold trade-off (one recorded backtest)")
     fig.tight_layout()
     fig.savefig(path)

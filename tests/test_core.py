@@ -270,13 +270,13 @@ def test_min_outgoing_calls_is_respected(min_calls):
 
 
 def test_mode_comes_from_config_per_tier():
-    cfg = load_cfg(**{"tiers.low.mode": "shadow"})
+    cfg = load_cfg(**{"tiers.low.mode": "shadow", "tiers.high.mode": "shadow"})
     events = run(fresh_detector(cfg), fraud_ring(Stream()))
     assert events
     for e in events:
-        assert e["mode"] == ("shadow" if e["tier"] == "low" else "enforce")
+        assert e["mode"] == ("shadow" if e["tier"] in ("low", "high") else "enforce")
         check_event(e, cfg)
-    assert any(e["mode"] == "shadow" for e in events)
+    assert any(e["mode"] == "shadow" for e in events) and any(e["mode"] == "enforce" for e in events)
     everything_shadow = load_cfg({"tiers": {n: {"mode": "shadow"} for n in TIER_NAMES}})
     events = run(fresh_detector(everything_shadow), fraud_ring(Stream()))
     assert events and {e["mode"] for e in events} == {"shadow"}
@@ -284,10 +284,10 @@ def test_mode_comes_from_config_per_tier():
 
 def test_mode_set_by_environment_reaches_the_events():
     from detector import config
-    cfg = config.load(environ={"CDR_DETECTOR__TIERS__LOW__MODE": "shadow"})
+    cfg = config.load(environ={"CDR_DETECTOR__TIERS__HIGH__MODE": "shadow"})
     events = run(fresh_detector(cfg), fraud_ring(Stream()))
-    low = [e for e in events if e["tier"] == "low"]
-    assert low and all(e["mode"] == "shadow" for e in low)
+    high = [e for e in events if e["tier"] == "high"]
+    assert high and all(e["mode"] == "shadow" for e in high)
 
 
 def test_verification_comes_from_config():
@@ -692,8 +692,8 @@ def test_a_repeated_record_is_counted_once():
     det.on_record(b)
     det.on_record(b)
     assert det.duplicates == 2
-    # the handset index saw each line once: a third line still finds exactly two others
-    c = s.rec(msisdn="13800000003", ts=T0 + 2, imei="861")
+    # the handset index saw each line once: a third line, once their bucket has ended, finds two others
+    c = s.rec(msisdn="13800000003", ts=T0 + 5 * 60_000, imei="861")
     assert det.enricher.facts(c).handset_lines == 2
 
 

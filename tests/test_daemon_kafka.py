@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from pathlib import Path
 
 import orjson
 import pytest
@@ -68,7 +67,11 @@ def reference_events(daemon_slice, tmp_path_factory) -> dict[str, dict]:
 def kafka_setup(broker) -> KafkaSetup:
     s = KafkaSetup(broker)
     s.ensure_topics()
-    return s
+    yield s
+    try:
+        s.delete()
+    except Exception as exc:  # cleanup must not turn a passing test into an error
+        print(f"could not delete the test topics: {exc!r}")
 
 
 @pytest.fixture

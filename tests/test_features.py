@@ -6,14 +6,13 @@ import pytest
 
 from conftest import DAY, HOUR, MINUTE, T0, Stream, load_cfg
 from detector import features as F
-from detector.core import Enricher, SharedFacts
+from detector.shared import Enricher, SharedFacts
 from detector.features import (
     CELL_RING,
     CONTACTS,
     PROVINCE_RING,
     FeatureConfig,
     NumberState,
-    SharedIndex,
     callback_share,
     province_spread,
     update_mo,
@@ -332,115 +331,110 @@ def test_from_dict_rejects_unknown_version(fc, version):
         NumberState.from_dict(d)
 
 
-# -- SharedIndex ----------------------------------------------------------------------------------------
-def test_shared_index_counts_distinct_numbers_within_the_window():
-    idx = SharedIndex(window_ms=10 * HOUR)
-    assert idx.count("imei1", T0) == 0
-    assert idx.observe("imei1", "a", T0) == 1
-    assert idx.observe("imei1", "b", T0 + HOUR) == 2
-    assert idx.observe("imei1", "a", T0 + 2 * HOUR) == 2  # a repeat is not a new number
-    assert idx.observe("imei2", "a", T0 + 2 * HOUR) == 1  # keys are independent
-    assert idx.count("imei1", T0 + 11 * HOUR) == 2  # b seen exactly one window ago still counts
-    assert idx.count("imei1", T0 + 11 * HOUR + 1) == 1  # ... and not a millisecond later
-    assert idx.count("imei1", T0 + 12 * HOUR + 1) == 0
-    assert idx.observe("imei1", "c", T0 + 13 * HOUR) == 1  # expired members no longer count
+# -- Enricher: facts across numbers, as of the last completed time bucket ------------------------------
+BUCKET = 5 * MINUTE  # features.shared_bucket_minutes
 
 
-def test_shared_index_sweep_forgets_expired_members_and_keys():
-    idx = SharedIndex(window_ms=HOUR)
-    idx.observe("k1", "a", T0)
-    idx.observe("k1", "b", T0 + 50 * MINUTE)
-    idx.observe("k2", "c", T0)
-    idx.sweep(T0 + HOUR + 10 * MINUTE)
-    assert idx.members == {"k1": {"b": T0 + 50 * MINUTE}}
-
-
-def test_shared_index_is_capped_per_key():
-    idx = SharedIndex(window_ms=HOUR, cap=3)
-    for i, m in enumerate("abc"):
-        idx.observe("cell", m, T0 + i)
-    assert idx.observe("cell", "d", T0 + 10) == 3  # full of live members: saturates
-    assert len(idx.members["cell"]) == 3
-    assert idx.observe("cell", "e", T0 + 2 * HOUR) == 1  # the old ones expired: room again
-    assert set(idx.members["cell"]) == {"e"}
-
-
-# -- Enricher: facts across numbers ------------------------------------------------------------------------
 def test_handset_count_for_three_numbers_on_one_imei_is_two_other_lines():
     enr = Enricher(load_cfg())
     s = Stream()
     imei = "860000000012345"
     got = [enr.facts(s.rec(msisdn=m, ts=T0 + i * MINUTE, imei=imei)).handset_lines
            for i, m in enumerate(["13800000001", "13800000002", "13800000003"])]
-    assert got == [0, 1, 2]
-    assert enr.facts(s.rec(msisdn="13800000001", ts=T0 + 5 * MINUTE, imei=imei)).handset_lines == 2
-    assert enr.facts(s.rec(msisdn="13800000009", ts=T0 + 6 * MINUTE, imei="860000000099999")).handset_lines == 0
+    assert got == [0, 0, 0]  # the bucket they share has not ended yet
+    assert enr.facts(s.rec(msisdn="13800000001", ts=T0 + BUCKET, imei=imei)).handset_lines == 2
+    assert enr.facts(s.rec(msisdn="13800000009", ts=T0 + BUCKET + 1, imei="860000000099999")).handset_lines == 0
     # the others expire after features.shared_window_hours (72 h by default)
-    later = T0 + 5 * MINUTE + 72 * HOUR + 1
+    later = T0 + 72 * HOUR + 2 * BUCKET
     assert enr.facts(s.rec(msisdn="13800000001", ts=later, imei=imei)).handset_lines == 0
 
 
+def test_facts_do_not_depend_on_the_order_of_other_numbers_records():
+    """The point of bucket masks: one process or many, any interleaving, the same answer."""
+    s = Stream()
+    imei = "860000000012345"
+    early = [s.rec(msisdn=f"1380000000{i}", ts=T0 + i * 37_000, imei=imei, cell_id="c9") for i in range(6)]
+    probe = s.rec(msisdn="13800000001", ts=T0 + 3 * BUCKET, imei=imei, cell_id="c9")
+    answers = set()
+    for order in (early, early[::-1], early[3:] + early[:3]):
+        enr = Enricher(load_cfg())
+        for r in order:
+            enr.facts(r)
+        answers.add(enr.facts(probe))
+    assert answers == {SharedFacts(5, 0)}
+
+
+def test_merging_another_writers_pairs_equals_seeing_the_records():
+    s = Stream()
+    recs = [s.rec(msisdn=f"1380000000{i % 3}", ts=T0 + i * MINUTE, imei="860000000012345", cell_id="c1")
+            for i in range(30)]
+    whole = Enricher(load_cfg())
+    for r in recs:
+        whole.facts(r)
+    a, b = Enricher(load_cfg(), track_changes=True), Enricher(load_cfg(), track_changes=True)
+    for r in recs:
+        (a if r.msisdn.endswith("0") else b).facts(r)
+    for kind, key, m, entry in b.drain_changes():
+        a.merge(kind, key, m, entry)
+    assert a.handsets == whole.handsets and a.cells == whole.cells
+
+
 def test_cell_index_counts_only_outgoing_only_lines():
-    enr = Enricher(load_cfg())  # bypass_min_calls: 3
+    enr = Enricher(load_cfg())  # bypass_min_calls: 3 buckets with outgoing traffic
     s = Stream()
     cell = "c77777"
-    t = iter(range(T0, T0 + DAY, MINUTE))
 
-    def on_cell(msisdn, direction="MO"):
-        return enr.facts(s.rec(msisdn=msisdn, ts=next(t), direction=direction, cell_id=cell,
-                               imei=f"86{msisdn}"))
+    def on_cell(msisdn, ts, direction="MO"):
+        return enr.facts(s.rec(msisdn=msisdn, ts=ts, direction=direction, cell_id=cell, imei=f"86{msisdn}"))
 
-    for _ in range(3):
-        on_cell("13800000001")
-        on_cell("13800000002")
-    for _ in range(3):
-        on_cell("13800000004")
-    on_cell("13800000004", "MT")  # has inbound on this cell: not bypass-like
-    on_cell("13800000005")
-    on_cell("13800000005")  # only two calls: below bypass_min_calls
-    assert on_cell("13800000003") == SharedFacts(0, 0)  # itself not yet bypass-like
-    assert on_cell("13800000003").cell_bypass_lines == 0
-    assert on_cell("13800000003").cell_bypass_lines == 2  # counts 1 and 2, not 4 or 5
-    assert on_cell("13800000004").cell_bypass_lines == 0  # a line with inbound gets no count
-    on_cell("13800000005")  # its third call: bypass-like now
-    assert on_cell("13800000003").cell_bypass_lines == 3
+    for k in range(3):  # three buckets of outgoing calls each
+        t = T0 + k * BUCKET
+        on_cell("13800000001", t)
+        on_cell("13800000002", t)
+        on_cell("13800000003", t)
+        on_cell("13800000004", t)
+    on_cell("13800000004", T0 + BUCKET + 1, "MT")  # has inbound on this cell: not bypass-like
+    on_cell("13800000005", T0)
+    on_cell("13800000005", T0 + 1)  # two calls in one bucket: not enough
+    t = T0 + 4 * BUCKET
+    assert on_cell("13800000003", t).cell_bypass_lines == 2  # counts 1 and 2, not 4 or 5
+    assert on_cell("13800000004", t).cell_bypass_lines == 0  # a line with inbound gets no count
+    assert on_cell("13800000005", t).cell_bypass_lines == 0  # itself not bypass-like
 
 
 def test_cell_bypass_lines_expire_after_the_cell_window():
     enr = Enricher(load_cfg())  # cell_window_hours: 24
     s = Stream()
     for i in range(3):
-        enr.facts(s.rec(msisdn="13800000001", ts=T0 + i * MINUTE, cell_id="c1", imei="861"))
-    facts = [enr.facts(s.rec(msisdn="13800000002", ts=T0 + 25 * HOUR + i * MINUTE, cell_id="c1", imei="862"))
-             for i in range(3)]
-    assert [f.cell_bypass_lines for f in facts] == [0, 0, 0]
+        enr.facts(s.rec(msisdn="13800000001", ts=T0 + i * BUCKET, cell_id="c1", imei="861"))
+    facts = [enr.facts(s.rec(msisdn="13800000002", ts=T0 + 25 * HOUR + i * BUCKET, cell_id="c1", imei="862"))
+             for i in range(4)]
+    assert [f.cell_bypass_lines for f in facts] == [0, 0, 0, 0]
 
 
 def test_late_inbound_record_still_makes_the_line_two_way_on_its_cell():
-    """BUG: `CellIndex.observe` counts a record only if its ts is later than the line's last one on
-    the cell (meant to skip records replayed after a crash). A record that is merely late — CDR
-    feeds from different switches arrive out of order — is dropped too: an inbound call that began
-    a minute before the line's outgoing calls never counts, and the two-way line is counted as a
-    bypass-like (outgoing-only) line on its cell. Fix: skip replays by identity (record-id hash or
-    input offset per entry), not by time."""
     enr = Enricher(load_cfg())
     s = Stream()
     for i in range(3):
-        enr.facts(s.rec(msisdn="13800000001", ts=T0 + 10 * MINUTE + i * MINUTE, cell_id="c1", imei="861"))
-    enr.facts(s.rec(msisdn="13800000001", ts=T0 + 9 * MINUTE, direction="MT", cell_id="c1", imei="861"))
-    facts = [enr.facts(s.rec(msisdn="13800000002", ts=T0 + 20 * MINUTE + i * MINUTE, cell_id="c1", imei="862"))
-             for i in range(3)]
+        enr.facts(s.rec(msisdn="13800000001", ts=T0 + 2 * BUCKET + i * BUCKET, cell_id="c1", imei="861"))
+    enr.facts(s.rec(msisdn="13800000001", ts=T0 + BUCKET, direction="MT", cell_id="c1", imei="861"))
+    facts = [enr.facts(s.rec(msisdn="13800000002", ts=T0 + 6 * BUCKET + i * BUCKET, cell_id="c1", imei="862"))
+             for i in range(4)]
     assert facts[-1].cell_bypass_lines == 0
 
 
 def test_lines_without_a_known_handset_do_not_share_one():
-    """BUG (robustness): the contract only says `imei` is a string and the parser accepts "" — but
-    the Enricher keys handsets by it, so every line whose records lack an IMEI is counted as being
-    on one handset with all the others (up to 63 "other lines", full handset_lines evidence, the
-    second-heaviest prior weight). One feed that drops the IMEI would suspend legitimate lines in
-    bulk. Fix: skip empty (and placeholder, e.g. all-zero) IMEIs in `Enricher.facts`, or reject
-    them at the edge and say so in the contract."""
     enr = Enricher(load_cfg())
     s = Stream()
-    got = [enr.facts(s.rec(msisdn=f"1380000000{i}", ts=T0 + i * MINUTE, imei="")).handset_lines for i in range(5)]
+    got = [enr.facts(s.rec(msisdn=f"1380000000{i}", ts=T0 + i * BUCKET, imei=imei)).handset_lines
+           for i, imei in enumerate(["", "", "000000000000000", "unknown", ""])]
     assert got == [0] * 5
+
+
+def test_sweep_drops_buckets_no_query_can_reach():
+    cfg = load_cfg()
+    enr = Enricher(cfg)
+    s = Stream()
+    enr.facts(s.rec(msisdn="13800000001", ts=T0, imei="861", cell_id="c1"))
+    enr.sweep((T0 + 100 * HOUR) // BUCKET)
+    assert enr.handsets == {} and enr.cells == {}

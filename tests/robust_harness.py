@@ -1,0 +1,242 @@
+"""Helpers for the robustness tests (fuzz, disorder, storm, broker faults, security). Not a test module.
+
+Complements tests/daemon_harness.py (imported, never edited): an extra, separately-run Kafka broker
+(own port, run and data dirs, optional TLS listener), a contract checker that also accepts
+breaker-shadowed decisions, the "broken feed" corruption of a CDR stream, and small HTTP helpers.
+"""
+from __future__ import annotations
+
+import bisect
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import orjson
+
+from detector import config as config_mod
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+KAFKA_SCRIPT = REPO_ROOT / "scripts" / "kafka-local.sh"
+
+EVENT_KEYS = {"event_id", "ts", "msisdn", "action", "tier", "verification", "score", "reasons", "mode", "model"}
+REASON_KEYS = {"code", "value", "typical", "text"}
+
+
+# -- events ---------------------------------------------------------------------------------------
+def event_violations(event: Any, cfg: dict) -> list[str]:
+    """What is wrong with one suspension event under the v1 contract (shared/cdr-contract.md).
+
+    Unlike daemon_harness.contract_violations this accepts `mode == "shadow"` on an enforce tier
+    (the storm breaker's doing), but never `enforce` on a shadow tier. Internal `_` keys are
+    ignored (the core's events carry them; `public()` strips them before they leave)."""
+    if not isinstance(event, dict):
+        return [f"not an object: {event!r}"]
+    pub = {k: v for k, v in event.items() if not k.startswith("_")}
+    bad = []
+    if set(pub) != EVENT_KEYS:
+        bad.append(f"fields {sorted(pub)} != {sorted(EVENT_KEYS)}")
+    if not (isinstance(pub.get("event_id"), str) and pub["event_id"]):
+        bad.append(f"event_id {pub.get('event_id')!r}")
+    ts = pub.get("ts")
+    if not (isinstance(ts, int) and not isinstance(ts, bool) and ts > 0):
+        bad.append(f"ts {ts!r}")
+    m = pub.get("msisdn")
+    if not (isinstance(m, str) and m.isascii() and m.isdigit() and 5 <= len(m) <= 15):
+        bad.append(f"msisdn {m!r}")
+    action, tier, mode = pub.get("action"), pub.get("tier"), pub.get("mode")
+    if action not in ("suspend", "escalate", "restore"):
+        bad.append(f"action {action!r}")
+    if mode not in ("enforce", "shadow"):
+        bad.append(f"mode {mode!r}")
+    if tier not in ("low", "high", "extreme"):
+        bad.append(f"tier {tier!r}")
+    else:
+        tc = cfg["tiers"][tier]
+        if pub.get("verification") != tc["verification"]:
+            bad.append(f"tier {tier} verification {pub.get('verification')!r} != {tc['verification']!r}")
+        if tc["mode"] == "shadow" and mode != "shadow":
+            bad.append(f"tier {tier} is shadow in config but the event says {mode!r}")
+    score = pub.get("score")
+    if not (isinstance(score, (int, float)) and not isinstance(score, bool) and 0.0 <= score <= 1.0):
+        bad.append(f"score {score!r}")
+    reasons = pub.get("reasons")
+    if not isinstance(reasons, list):
+        bad.append(f"reasons {reasons!r}")
+    else:
+        if action in ("suspend", "escalate") and not reasons:
+            bad.append(f"{action} without reasons")
+        for r in reasons:
+            if not (isinstance(r, dict) and REASON_KEYS <= set(r) and isinstance(r.get("code"), str) and r["code"]
+                    and isinstance(r.get("text"), str) and r["text"].strip()):
+                bad.append(f"reason {r!r}")
+    if pub.get("model") != config_mod.model_id(cfg):
+        bad.append(f"model {pub.get('model')!r} != {config_mod.model_id(cfg)!r}")
+    try:
+        orjson.dumps(pub)
+    except TypeError as exc:
+        bad.append(f"not JSON-serialisable: {exc}")
+    return bad
+
+
+def is_enforced_block(e: dict) -> bool:
+    """An enforced suspension or escalation: what the storm breaker bounds."""
+    return e["action"] in ("suspend", "escalate") and e["mode"] == "enforce"
+
+
+def max_per_window(timestamps: Iterable[int], window_ms: int = 60_000) -> int:
+    """The largest number of timestamps in any window (t - window_ms, t] of event time."""
+    ts = sorted(timestamps)
+    return max((bisect.bisect_right(ts, t) - bisect.bisect_right(ts, t - window_ms) for t in ts), default=0)
+
+
+# -- data -----------------------------------------------------------------------------------------
+# A broken feed: every call appears to go to a far province or a premium foreign destination,
+# and nothing is answered (e.g. a mediation system that lost the peer-region lookup table).
+BROKEN_REGIONS = ("INTL-881", "XJ", "INTL-882", "XZ", "INTL-53")
+
+
+def corrupt(lines: Iterable[bytes], regions: tuple[str, ...] = BROKEN_REGIONS) -> list[bytes]:
+    out = []
+    for i, line in enumerate(lines):
+        r = orjson.loads(line)
+        r["peer_region"] = regions[i % len(regions)]
+        r["answered"] = False
+        r["duration_s"] = 0
+        out.append(orjson.dumps(r))
+    return out
+
+
+# -- network --------------------------------------------------------------------------------------
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def port_open(port: int, host: str = "127.0.0.1", timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def http_get(url: str, timeout: float = 3.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def non_loopback_ipv4() -> str | None:
+    """An IPv4 address of this machine that is not 127.x (None if there is none)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the outgoing interface
+            ip = s.getsockname()[0]
+            if not ip.startswith("127."):
+                return ip
+    except OSError:
+        pass
+    try:
+        for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET):
+            ip = info[4][0]
+            if not ip.startswith("127."):
+                return ip
+    except OSError:
+        pass
+    return None
+
+
+def wait_until(pred: Callable[[], Any], timeout: float, what: str, detail: Callable[[], str] | None = None,
+               interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}" + (f"\n{detail()}" if detail else ""))
+        time.sleep(interval)
+
+
+# -- an extra broker ------------------------------------------------------------------------------
+class ExtraBroker:
+    """A second local broker (scripts/kafka-local.sh with its own port, run and data dirs), so the
+    shared broker on 9092 is never touched. `stop()` keeps the data (a restart resumes it);
+    `cleanup()` stops it (idempotent) — call it in a `finally`."""
+
+    def __init__(self, run_dir: Path, port: int, extra_properties: Path | None = None,
+                 controller_port: int | None = None):
+        self.run_dir = Path(run_dir)
+        self.port = port
+        self.controller_port = controller_port or port + 1000
+        self.extra_properties = extra_properties
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({"KAFKA_PORT": str(self.port), "KAFKA_CONTROLLER_PORT": str(self.controller_port),
+                    "KAFKA_RUN_DIR": str(self.run_dir), "KAFKA_DATA_DIR": str(self.run_dir / "data"),
+                    "KAFKA_HEAP_OPTS": "-Xmx384m -Xms128m"})
+        # The shared jar cache (var/kafka/lib) is reused: no second Maven resolution.
+        if self.extra_properties is not None:
+            env["KAFKA_EXTRA_PROPERTIES"] = str(self.extra_properties)
+        else:
+            env.pop("KAFKA_EXTRA_PROPERTIES", None)
+        return env
+
+    def _script(self, cmd: str, timeout: float = 180) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(KAFKA_SCRIPT), cmd], cwd=REPO_ROOT, env=self.env(),
+                              capture_output=True, text=True, timeout=timeout)
+
+    def start(self) -> float:
+        """Start and wait until it answers; returns the seconds it took."""
+        t0 = time.monotonic()
+        proc = self._script("start")
+        if proc.returncode != 0:
+            raise RuntimeError(f"kafka-local.sh start (port {self.port}) failed ({proc.returncode}):\n"
+                               f"{proc.stdout}\n{proc.stderr}\n{self.log_tail()}")
+        return time.monotonic() - t0
+
+    def stop(self) -> float:
+        t0 = time.monotonic()
+        proc = self._script("stop", timeout=120)
+        if proc.returncode != 0:
+            raise RuntimeError(f"kafka-local.sh stop (port {self.port}) failed:\n{proc.stdout}\n{proc.stderr}")
+        return time.monotonic() - t0
+
+    def running(self) -> bool:
+        return self._script("status", timeout=30).returncode == 0
+
+    def pid(self) -> int | None:
+        try:
+            return int((self.run_dir / "kafka.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def log_tail(self, n: int = 40) -> str:
+        out = []
+        for name in ("kafka.out", "server.log"):
+            p = self.run_dir / name
+            if p.exists():
+                out.append(f"--- {p} ---\n" + "\n".join(p.read_text(errors="replace").splitlines()[-n:]))
+        return "\n".join(out)
+
+    def cleanup(self, remove: bool = True) -> None:
+        try:
+            self._script("stop", timeout=120)
+        finally:
+            if remove:
+                shutil.rmtree(self.run_dir / "data", ignore_errors=True)
