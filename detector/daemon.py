@@ -71,6 +71,7 @@ class Daemon(ConsumerRebalanceListener):
         self.remote_wm: dict[int, int] = {}  # partition → watermark published by its owner
         self.shared_wait_ms = int(self.k.get("max_shared_wait_ms", 60_000))
         self.shared_waiting_since: float | None = None
+        self.gated = False  # the next record waits for another owner's shared facts
         self.last_loop = time.monotonic()
         self.restoring = False
         self.consumer = None
@@ -95,6 +96,7 @@ class Daemon(ConsumerRebalanceListener):
         self.remote_wm: dict[int, int] = {}  # partition → watermark published by its owner
         self.shared_wait_ms = int(self.k.get("max_shared_wait_ms", 60_000))
         self.shared_waiting_since: float | None = None
+        self.gated = False  # the next record waits for another owner's shared facts
         if self.detector.breaker.tripped:
             self.detector.breaker.rearm()
             for p in self.owned:  # persist the re-armed breaker with every partition's meta
@@ -127,12 +129,17 @@ class Daemon(ConsumerRebalanceListener):
         try:
             while not self.stop_event.is_set():
                 self.last_loop = time.monotonic()
-                self._poll()
+                self._poll(0 if self.gated else None)
                 if self.pending_assigned:
                     self._take_assignment()
                     continue
                 self._poll_profiles(0)
-                self._poll_shared(0)
+                if self.gated:  # another owner may be waiting for us as we wait for it: tell now
+                    self.gated = False
+                    self._publish_shared()
+                    self._poll_shared(20)
+                else:
+                    self._poll_shared(0)
                 if self.rearm_requested:
                     self._rearm()
                 t0 = time.perf_counter()
@@ -256,7 +263,8 @@ class Daemon(ConsumerRebalanceListener):
                 pos = committed.get(tp)
             if pos is None:
                 self.consumer.seek_to_beginning(tp)
-                self.processed.pop(tp, None)
+                pos = self.consumer.beginning_offsets([tp])[tp]
+                self.processed[tp] = pos  # so lag counts the whole backlog from the start
             else:
                 self.consumer.seek(tp, pos)
                 self.processed[tp] = pos
@@ -369,6 +377,7 @@ class Daemon(ConsumerRebalanceListener):
                 if self.shared_waiting_since is None:
                     self.shared_waiting_since = now
                 if (now - self.shared_waiting_since) * 1000 < self.shared_wait_ms:
+                    self.gated = True
                     return False
                 self.metrics.shared_wait_timeouts.inc()
                 log.warning("gave up waiting for another partition's shared facts",
@@ -406,9 +415,10 @@ class Daemon(ConsumerRebalanceListener):
                 self.published_wm[p] = wm
 
     # -- the loop ----------------------------------------------------------------------------
-    def _poll(self) -> None:
-        batches = self.consumer.poll(timeout_ms=int(self.k.get("poll_timeout_ms", 500)),
-                                     max_records=self.max_items)
+    def _poll(self, timeout_ms: int | None = None) -> None:
+        if timeout_ms is None:
+            timeout_ms = int(self.k.get("poll_timeout_ms", 500))
+        batches = self.consumer.poll(timeout_ms=timeout_ms, max_records=self.max_items)
         for tp, msgs in batches.items():
             buf = self.buffers.get(tp)
             if buf is None or tp in self.pending_assigned:
@@ -514,6 +524,11 @@ class Daemon(ConsumerRebalanceListener):
     def _dead_letter(self, tp: TopicPartition, item: Item, err: InvalidRecord) -> None:
         if tp.topic == self.topics["outcomes"]:
             self.pipeline.counts["invalid_outcome"] += 1
+        elif err.reason != "late":  # late records are counted as such by the pipeline
+            self.pipeline.counts["invalid"] += 1
+            self.pipeline.invalid[err.reason] += 1
+            self.metrics.records.labels("invalid").inc()
+            self.metrics.invalid.labels(err.reason).inc()
         self.metrics.dlq.labels(err.reason).inc()
         headers = [("error", str(err).encode("utf-8", "replace")[:1000]),
                    ("error.reason", err.reason.encode()),

@@ -26,8 +26,9 @@ def common(kcfg: dict) -> dict:
 
 
 def producer(kcfg: dict) -> KafkaProducer:
-    return KafkaProducer(acks="all", enable_idempotence=True, linger_ms=int(kcfg.get("linger_ms", 5)),
-                         retries=2**31 - 1, **common(kcfg))
+    opts = dict(acks="all", enable_idempotence=True, linger_ms=int(kcfg.get("linger_ms", 5)), retries=2**31 - 1)
+    opts.update(kcfg.get("producer_options") or {})
+    return KafkaProducer(**opts, **common(kcfg))
 
 
 def consumer(kcfg: dict, group: bool = True, **extra) -> KafkaConsumer:
@@ -36,6 +37,7 @@ def consumer(kcfg: dict, group: bool = True, **extra) -> KafkaConsumer:
                 max_poll_interval_ms=int(kcfg.get("max_poll_interval_ms", 300_000)))
     if group:
         opts["group_id"] = kcfg["group_id"]
+        opts.update(kcfg.get("consumer_options") or {})  # e.g. session_timeout_ms
     opts.update(extra)
     return KafkaConsumer(**opts, **common(kcfg))
 

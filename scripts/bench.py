@@ -1169,8 +1169,9 @@ def print_memory(runs: list[dict], tm: dict | None, notes: list[str]) -> None:
         ("numbers tracked", *[fmt(r["tracked"]) for r in cols]),
         ("records fed (Detector.on_record)", *[fmt(r["records_fed"]) for r in cols]),
         ("feed rate", *[fmt(r["records_per_s"], "rec/s") for r in cols]),
-        ("RSS before → after", *[f"{r['rss_before'] / 2**30:.2f} → {r['rss_after'] / 2**30:.2f} GiB" for r in cols]),
-        ("RSS delta / number", *[B(r["rss_delta_per_number"]) for r in cols]),
+        ("RSS before → after", *[f"{r['rss_before'] / 2**30:.2f} → {r['rss_after'] / 2**30:.2f} GiB"
+                                 if r is not tm else "(tracemalloc's own overhead)" for r in cols]),
+        ("RSS delta / number", *[B(r["rss_delta_per_number"]) if r is not tm else "" for r in cols]),
         ("tracemalloc delta / number", *[B(r["tracemalloc_per_number"]) for r in cols]),
         ("  NumberState (deep)", *[B(r["deep"]["number_state_mean"]) for r in cols]),
         ("  msisdn key string", *[B(r["deep"]["msisdn_key"]) for r in cols]),

@@ -199,7 +199,7 @@ def draw_timeseries(ax, panel: dict, series: list[tuple[str, dict]], start, end,
     _time_axis(ax, start, end)
     _bands(ax, bands)
     if series:
-        ax.legend(loc="upper left", fontsize=6, ncol=min(4, len(series)), frameon=False, labelcolor=TEXT,
+        ax.legend(loc="upper left", fontsize=7, ncol=min(4, len(series)), frameon=False, labelcolor=TEXT,
                   handlelength=1.2, columnspacing=0.8)
 
 
@@ -247,28 +247,43 @@ def draw_bargauge(ax, panel: dict, values: list[tuple[str, float]]) -> None:
 
 
 def draw_heatmap(ax, panel: dict, series: list[tuple[str, dict]], start, end) -> None:
+    """Histogram buckets over time: counts per bucket (cumulative `le` buckets de-accumulated), zero
+    cells left empty, colour on a square-root scale (Grafana's "exponential 0.5")."""
+    import matplotlib.dates as mdates
     import numpy as np
 
-    def le(s):
+    def le(item):
         try:
-            return float(s[1]["metric"].get("le", "inf"))
+            return float(item[1]["metric"].get("le", "inf"))
         except ValueError:
             return math.inf
 
     series = sorted(series, key=le)
-    t = series[0][1]["t"]
-    cum = np.array([[v if not math.isnan(v) else 0.0 for v in s["v"]] for _, s in series])
-    counts = np.diff(np.vstack([np.zeros((1, cum.shape[1])), cum]), axis=0).clip(min=0)  # de-accumulate
-    colour = (panel.get("options", {}).get("color") or {}).get("scheme", "Oranges")
-    ax.imshow(np.sqrt(counts), aspect="auto", origin="lower", cmap=colour if colour in ("Oranges", "Blues", "Greens", "Reds") else "Oranges",
-              extent=(0, len(t), 0, len(series)), interpolation="nearest")
+    times = sorted({t for _, s in series for t in s["t"]})
+    col = {t: i for i, t in enumerate(times)}
+    cum = np.zeros((len(series), len(times)))
+    for r, (_, s) in enumerate(series):
+        for t, v in zip(s["t"], s["v"]):
+            cum[r, col[t]] = 0.0 if math.isnan(v) else v
+    counts = np.diff(np.vstack([np.zeros((1, len(times))), cum]), axis=0).clip(min=0)
+    step = (times[1] - times[0]) if len(times) > 1 else 1.0
+    edges = mdates.date2num(_dt([times[0] - step / 2] + [t + step / 2 for t in times]))
+    from matplotlib.colors import LinearSegmentedColormap
+
+    # Grafana's dark theme draws a scheme from the panel colour up to the scheme's bright end.
+    scheme = (panel.get("options", {}).get("color") or {}).get("scheme", "Oranges")
+    bright = {"Oranges": "#ffb357", "Blues": "#8ab8ff", "Greens": "#96d98d", "Reds": "#ff7383",
+              "Purples": "#ca95e5"}.get(scheme, "#ffb357")
+    cmap = LinearSegmentedColormap.from_list("panel", ["#3a2410", bright, "#fff1dc"])
+    ax.grid(False)
+    ax.pcolormesh(edges, np.arange(len(series) + 1), np.ma.masked_less_equal(np.sqrt(counts), 0), cmap=cmap,
+                  shading="flat")
     labels = [s[1]["metric"].get("le", "") for s in series]
-    step = max(1, len(labels) // 6)
-    ax.set_yticks([i + 0.5 for i in range(0, len(labels), step)])
-    ax.set_yticklabels([labels[i] for i in range(0, len(labels), step)], fontsize=6)
-    ticks = list(range(0, len(t), max(1, len(t) // 5)))
-    ax.set_xticks(ticks)
-    ax.set_xticklabels([datetime.fromtimestamp(t[i], timezone.utc).strftime("%H:%M:%S") for i in ticks], fontsize=7)
+    every = max(1, len(labels) // 6)
+    ax.set_yticks([i + 0.5 for i in range(0, len(labels), every)])
+    ax.set_yticklabels([labels[i] for i in range(0, len(labels), every)], fontsize=6)
+    _time_axis(ax, start, end)
+    ax.grid(False)
 
 
 def _reduce_last(s: dict) -> float:

@@ -294,10 +294,24 @@ def test_the_run_produced_what_the_panels_need(stack):
     assert stack.counts["cleared"] > 0, "the slice must make the detector suspend legitimate lines"
     ok = first.metric("cdr_detector_records_total", result="ok")
     assert ok > 0
-    assert sum(first.metric_by("cdr_detector_dlq_records_total", "reason").values()) >= stack.counts["invalid"] - 1
+    dlq = {k: v for k, v in first.metric_by("cdr_detector_dlq_records_total", "reason").items() if v}
+    assert dlq == {"not_json": 1, "not_object": 1, "missing_field": 1, "bad_utf8": 1, "bad_value": 1}
     total = instant(prom, 'sum(cdr_detector_decisions_total{action="restore"})')["data"]["result"]
     assert total and float(total[0]["value"][1]) > 0, "no line was restored"
     assert first.alive()
+
+
+@pytest.mark.xfail(reason="daemon bug: a rejected CDR goes to the DLQ but is counted neither in "
+                          "cdr_detector_records_total{result=\"invalid\"} nor in cdr_detector_invalid_records_total "
+                          "(Daemon._item parses with contract.parse_cdr, not Pipeline.parse), so the 'Invalid ratio' "
+                          "and 'Invalid records by reason' panels, the invalid_ratio rule and the InvalidRecordRateHigh "
+                          "alert see 0 whatever the input", strict=False)
+def test_rejected_records_reach_the_invalid_record_panels(stack):
+    first = stack.daemons[0]
+    assert first.metric("cdr_detector_records_total", result="invalid") == stack.counts["invalid"]
+    assert sum(first.metric_by("cdr_detector_invalid_records_total", "reason").values()) == stack.counts["invalid"]
+    res = instant(stack.prom, "sum(cdr_detector:invalid_records:rate5m)")["data"]["result"]
+    assert res and float(res[0]["value"][1]) > 0
 
 
 def test_every_dashboard_and_rule_query_returns_data(stack):
