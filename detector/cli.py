@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from . import daemon_cli  # the Kafka subcommands live at the edge, in their own module
     daemon_cli.add_parsers(sub, _add_config, _add_kafka)
+    daemon_cli.add_reset_parser(sub, _add_config, _add_kafka)
     from . import tune
     tune.add_parser(sub, _add_config)
     return parser

@@ -72,6 +72,7 @@ class Daemon(ConsumerRebalanceListener):
         self.shared_wait_ms = int(self.k.get("max_shared_wait_ms", 60_000))
         self.shared_waiting_since: float | None = None
         self.gated = False  # the next record waits for another owner's shared facts
+        self.last_fetch: dict[TopicPartition, float] = {}
         self.last_loop = time.monotonic()
         self.restoring = False
         self.consumer = None
@@ -97,6 +98,7 @@ class Daemon(ConsumerRebalanceListener):
         self.shared_wait_ms = int(self.k.get("max_shared_wait_ms", 60_000))
         self.shared_waiting_since: float | None = None
         self.gated = False  # the next record waits for another owner's shared facts
+        self.last_fetch: dict[TopicPartition, float] = {}
         if self.detector.breaker.tripped:
             self.detector.breaker.rearm()
             for p in self.owned:  # persist the re-armed breaker with every partition's meta
@@ -149,6 +151,7 @@ class Daemon(ConsumerRebalanceListener):
                 if time.monotonic() >= next_commit:
                     self.commit()
                     self._refresh_gauges()
+                    self._unstick()
                     next_commit = time.monotonic() + self.commit_interval
             self.commit()
             log.info("daemon stopped cleanly", extra={"counts": dict(self.pipeline.counts)})
@@ -202,6 +205,29 @@ class Daemon(ConsumerRebalanceListener):
             if hw is not None:
                 out[tp] = max(0, hw - pos)
         return out
+
+    def _unstick(self) -> None:
+        """A partition with a backlog that has fetched nothing for a while is re-sought.
+
+        Seen with kafka-python 3.0 after an eager rebalance kept a partition assigned: its fetch
+        state stopped producing records. Seeking to where we are resets that state; nothing is
+        skipped or repeated, because we seek to the next unprocessed offset."""
+        now = time.monotonic()
+        for tp, buf in self.buffers.items():
+            if buf or tp in self.pending_assigned:
+                continue
+            pos = self.processed.get(tp)
+            hw = self.consumer.highwater(tp)
+            if pos is None or hw is None or pos >= hw:
+                continue
+            since = self.last_fetch.setdefault(tp, now)
+            if now - since < float(self.k.get("stall_seconds", 10)):
+                continue
+            log.warning("partition fetched nothing despite a backlog; seeking it again",
+                        extra={"topic": tp.topic, "partition": tp.partition, "position": pos, "highwater": hw})
+            self.consumer.seek(tp, pos)
+            self.consumer.resume(tp)
+            self.last_fetch[tp] = now
 
     def _refresh_gauges(self) -> None:
         for tp, lag in self._lag().items():
@@ -361,8 +387,8 @@ class Daemon(ConsumerRebalanceListener):
                         self.remote_wm[int(rest)] = int(orjson.loads(msg.value)["wm"])
                     continue
                 thing, _, msisdn = rest.rpartition("|")
-                if partition_of(msisdn, self.detector.partitions) in self.owned and msg.value is not None:
-                    continue  # our own pair, already applied when we processed the record
+                # Merging is an idempotent OR, so our own pairs coming back are harmless — and a
+                # pair the previous owner of a partition published after we took it over is needed.
                 enricher.merge(kind, thing, msisdn, state.decode_pair(msg.value) if msg.value else None)
         return n
 
@@ -424,6 +450,7 @@ class Daemon(ConsumerRebalanceListener):
             if buf is None or tp in self.pending_assigned:
                 continue  # not restored yet: it is fetched again after the seek
             is_outcome = tp.topic == self.topics["outcomes"]
+            self.last_fetch[tp] = time.monotonic()
             for msg in msgs:
                 buf.append(self._item(msg, is_outcome))
             if len(buf) >= self.max_buffer:

@@ -34,6 +34,54 @@ def add_parsers(sub, add_config, add_kafka) -> None:
     p.add_argument("--limit", type=int, help="send at most this many records")
 
 
+def add_reset_parser(sub, add_config, add_kafka) -> None:
+    p = sub.add_parser("reset-state", help="delete the daemon's state so that it starts over",
+                       description="Delete the consumer group's state topics (the changelog and the shared "
+                                   "facts) and, unless --keep-offsets, its committed offsets, so the next "
+                                   "`run` starts with empty state from the beginning of the input topics. "
+                                   "Stop every daemon of the group first.")
+    add_config(p)
+    add_kafka(p)
+    p.add_argument("--group-id", metavar="ID")
+    p.add_argument("--keep-offsets", action="store_true",
+                   help="keep the committed offsets: start with empty state where the group stopped")
+    p.add_argument("--yes", action="store_true", help="do it (without this flag, only say what would happen)")
+
+
+def reset_state(args) -> int:
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    from . import kafka_io
+    from .cli import load_config
+
+    cfg = load_config(args)
+    k = cfg["kafka"]
+    t = kafka_io.topic_names(k)
+    doomed = [t["changelog"], t["shared"]]
+    plan = f"delete topics {doomed}" + ("" if args.keep_offsets else f" and the offsets of group {k['group_id']!r}")
+    if not args.yes:
+        print(f"would {plan}; add --yes to do it")
+        return 1
+    admin = KafkaAdminClient(**kafka_io.common(k))
+    try:
+        existing = set(admin.list_topics())
+        gone = [x for x in doomed if x in existing]
+        if gone:
+            admin.delete_topics(gone)
+        if not args.keep_offsets:
+            try:
+                admin.delete_groups([k["group_id"]])
+            except KafkaError as exc:  # e.g. the group has live members, or never committed
+                print(f"group {k['group_id']!r} not deleted: {exc}", file=sys.stderr)
+                if "NonEmpty" in type(exc).__name__:
+                    return 2
+    finally:
+        admin.close()
+    print(f"done: {plan}")
+    return 0
+
+
 def dispatch(args) -> int:
     from .cli import load_config
 
@@ -52,6 +100,8 @@ def dispatch(args) -> int:
             cfg["metrics"]["address"] = args.metrics_address
         from . import __version__
         return Daemon(cfg, Metrics(version=__version__, model=model_id(cfg))).run()
+    if args.command == "reset-state":
+        return reset_state(args)
     if args.command == "replay":
         from .replay import replay
 

@@ -356,15 +356,18 @@ STAGES = {  # functions of detector/ whose cumulative share says where a record'
 }
 
 
-def hot_spots(pr: cProfile.Profile, top: int) -> dict:
-    st = pstats.Stats(pr, stream=io.StringIO())
+def hot_spots(pr, top: int) -> dict:
+    """Top functions by own time, and the detector's stages by cumulative time, from a
+    cProfile.Profile or a pstats file."""
+    st = pstats.Stats(pr if isinstance(pr, cProfile.Profile) else str(pr), stream=io.StringIO())
     total = st.total_tt
     rows = []
     for (file, line, func), (cc, nc, tt, ct, _callers) in st.stats.items():
         rows.append({"function": f"{_short(file)}:{line}({func})", "file": file, "func": func, "calls": nc,
                      "tottime_s": tt, "cumtime_s": ct, "tottime_share": tt / total, "cumtime_share": ct / total})
     by_tt = sorted(rows, key=lambda r: -r["tottime_s"])[:top]
-    stages = [r for r in rows if r["func"] in STAGES and f"{os.sep}detector{os.sep}" in r["file"]]
+    stages = [r for r in rows if (r["func"] in STAGES or r["file"].endswith(("daemon.py", "state.py")))
+              and f"{os.sep}detector{os.sep}" in r["file"]]
     strip = lambda r: {k: v for k, v in r.items() if k not in ("file", "func")}  # noqa: E731
     seen = set()
     uniq = []
@@ -498,6 +501,25 @@ def bench_backtest(args, cfg: dict, m: dict) -> dict:
 # ------------------------------------------------------------------------------------------------
 # e2e
 
+def proc_cpu(pid: int | None) -> float | None:
+    """utime + stime of a process (all its threads), seconds."""
+    if not pid:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def broker_pid() -> int | None:
+    try:
+        return int((ROOT / "var" / "kafka" / "kafka.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -601,6 +623,7 @@ def bench_e2e(args, cfg0: dict, m: dict) -> dict:
                     "topics": topics}
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
     daemon = None
+    dprof = None
     try:
         # 1. replay at max rate into fresh topics
         cmd = cli_cmd() + ["replay", "--cdrs", str(cdrs), "--subscribers", str(subs), "--limit", str(n)]
@@ -622,6 +645,11 @@ def bench_e2e(args, cfg0: dict, m: dict) -> dict:
         # 3. the daemon drains the backlog
         dlog = BENCH_DIR / f"e2e-{run_id}-daemon.log"
         dcmd = cli_cmd() + ["run", "--plain-logs", "--log-level", args.log_level]
+        dprof = None
+        if args.profile_daemon:  # cProfile slows the daemon: its rates are not the figures
+            dprof = BENCH_DIR / f"e2e-{run_id}-daemon.prof"
+            dcmd = [sys.executable, "-m", "cProfile", "-o", str(dprof), "-m", "detector.cli",
+                    "run", "--plain-logs", "--log-level", args.log_level]
         log(f"starting daemon: {' '.join(dcmd[1:])} (metrics :{port}, log {os.path.relpath(dlog, ROOT)})")
         fh = open(dlog, "w")
         t_spawn = time.monotonic()
@@ -630,6 +658,8 @@ def bench_e2e(args, cfg0: dict, m: dict) -> dict:
         first_t = None
         deadline = t_spawn + args.timeout
         la0 = loadavg()
+        bpid = broker_pid()
+        cpu0 = None
         while time.monotonic() < deadline:
             if daemon.poll() is not None:
                 raise SystemExit(f"daemon exited with {daemon.returncode}; see {dlog}")
@@ -645,12 +675,21 @@ def bench_e2e(args, cfg0: dict, m: dict) -> dict:
                             "numbers": msum(s, "cdr_detector_numbers_tracked")})
             if recs > 0 and first_t is None:
                 first_t = t - t_spawn
+                cpu0 = (recs, proc_cpu(daemon.pid), proc_cpu(bpid), t)
             if recs >= n:
+                cpu1 = (recs, proc_cpu(daemon.pid), proc_cpu(bpid), t)
                 break
             time.sleep(args.sample_interval)
         else:
             raise SystemExit(f"daemon did not process {n:,} records within {args.timeout} s")
         result["drain"] = drain_stats(samples, n, first_t)
+        if cpu0 and cpu0[1] is not None and cpu1[1] is not None:
+            dr, dtw = cpu1[0] - cpu0[0], cpu1[3] - cpu0[3]
+            result["drain"]["cpu"] = {
+                "records": dr, "wall_s": dtw, "daemon_cpu_s": cpu1[1] - cpu0[1],
+                "daemon_cores_busy": (cpu1[1] - cpu0[1]) / dtw,
+                "daemon_records_per_cpu_s": dr / max(cpu1[1] - cpu0[1], 1e-9),
+                "broker_cpu_s": (cpu1[2] - cpu0[2]) if cpu0[2] is not None and cpu1[2] is not None else None}
         result["drain"]["load_before"] = la0
         result["drain"]["load_after"] = loadavg()
         d = result["drain"]
@@ -675,6 +714,9 @@ def bench_e2e(args, cfg0: dict, m: dict) -> dict:
                 daemon.wait()
         if daemon is not None:
             result["daemon_exit_code"] = daemon.returncode
+    if args.profile_daemon and dprof is not None and dprof.exists():
+        result["daemon_profile"] = hot_spots(dprof, 25)
+        result["daemon_profile"]["pstats_file"] = os.path.relpath(dprof, ROOT)
     if "live" in result:
         result["live"]["decision_latency_topic"] = decision_latency_from_topic(
             k, topics["suspensions"], result["live"]["start_ms"])
@@ -894,6 +936,12 @@ def print_e2e(r: dict) -> None:
             ("cdr-detector run: drain, 10%..90%", fmt(d.get("steady_records_per_s") or 0.0, "rec/s"),
              f"best {d.get('max_window_records_per_s') or 0:,.0f}/s over one sample"),
             ]
+    c = d.get("cpu")
+    if c:
+        rows.append(("cdr-detector run: records per daemon CPU-second", fmt(c["daemon_records_per_cpu_s"], "rec/s"),
+                     f"daemon used {c['daemon_cores_busy']:.2f} cores, broker {c['broker_cpu_s'] or 0:.0f} CPU-s"))
+    if r.get("daemon_profile"):
+        rows.append(("(daemon ran under cProfile: rates above are slowed by it)", "", ""))
     print(table(rows, ("measurement", "rate", "note")))
     if d.get("series"):
         print("\ndrain over time (from /metrics):")
@@ -913,6 +961,13 @@ def print_e2e(r: dict) -> None:
                 ("batch processing time (daemon histogram)", s(b.get("p50")), s(b.get("p99")), "", b.get("count", 0))]
         print(table(rows, ("latency", "p50", "p99", "max", "samples")))
         print(f"consumer lag during the live phase: max {lv['lag']['max']:,.0f}, median {lv['lag']['p50'] or 0:,.0f}")
+    dp = r.get("daemon_profile")
+    if dp:
+        print(f"\ndaemon cProfile (main thread, total {dp['total_s']:.1f} s):")
+        print(table([(x["function"], f"{x['tottime_share']:.1%}", f"{x['cumtime_share']:.1%}", fmt(x["calls"]))
+                     for x in dp["top_tottime"]], ("function (by own time)", "own", "cumulative", "calls")))
+        print(table([(x["function"], f"{x['cumtime_share']:.1%}", f"{x['tottime_share']:.1%}", fmt(x["calls"]))
+                     for x in dp["stages"][:25]], ("stage (cumulative)", "cumulative", "own", "calls")))
     ok_t = (d.get("steady_records_per_s") or 0) >= TARGETS["e2e_records_per_s"]
     print(f"target ≥ {TARGETS['e2e_records_per_s']:,} records/s per consumer process: {verdict(ok_t)} "
           f"({d.get('steady_records_per_s') or 0:,.0f}, {(d.get('steady_records_per_s') or 0) / TARGETS['e2e_records_per_s']:.0%})")
@@ -1226,7 +1281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subscribers", type=int, default=100_000)
     p.add_argument("--hours", type=float, default=25.0)
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--records", type=int, default=1_000_000, help="records replayed for the drain")
+    p.add_argument("--records", type=int, default=300_000, help="records replayed for the drain")
     p.add_argument("--bootstrap-servers", help="default: kafka.bootstrap_servers of the settings")
     p.add_argument("--live-rate", type=int, help="records/s offered in the live phase (default: "
                                                  "--live-fraction of the measured drain rate)")
@@ -1237,6 +1292,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=1800.0)
     p.add_argument("--log-level", default="INFO", help="the daemon's log level (INFO as in production)")
     p.add_argument("--keep-topics", action="store_true")
+    p.add_argument("--profile-daemon", action="store_true",
+                   help="run the daemon under cProfile (slower: for the hot spots, not the figures)")
 
     def add_memory(p):
         p.add_argument("--numbers", type=int, nargs="+", default=[1_000_000, 10_000_000])
