@@ -53,7 +53,7 @@ class Daemon(ConsumerRebalanceListener):
         self.max_items = int(self.k.get("max_poll_records", 2000))
         self.idle_ms = int(self.k.get("max_task_idle_ms", 2000))
         self.commit_interval = float(self.k.get("commit_interval_ms", 1000)) / 1000
-        self.max_buffer = int(self.k.get("max_buffered_records", 20000))
+        self.max_buffer = int(self.k.get("max_buffered_records", 50000))  # all partitions together
         self.detector: Detector | None = None
         self.pipeline: Pipeline | None = None
         self.buffers: dict[TopicPartition, deque[Item]] = {}
@@ -91,14 +91,6 @@ class Daemon(ConsumerRebalanceListener):
     def _rearm(self) -> None:
         self.rearm_requested = False
         self.breaker_logged = False
-        self.shared = None
-        self.last_ts: dict[int, int] = {}  # input partition → event time of its last processed record
-        self.published_wm: dict[int, int] = {}
-        self.remote_wm: dict[int, int] = {}  # partition → watermark published by its owner
-        self.shared_wait_ms = int(self.k.get("max_shared_wait_ms", 60_000))
-        self.shared_waiting_since: float | None = None
-        self.gated = False  # the next record waits for another owner's shared facts
-        self.last_fetch: dict[TopicPartition, float] = {}
         if self.detector.breaker.tripped:
             self.detector.breaker.rearm()
             for p in self.owned:  # persist the re-armed breaker with every partition's meta
@@ -226,7 +218,6 @@ class Daemon(ConsumerRebalanceListener):
             log.warning("partition fetched nothing despite a backlog; seeking it again",
                         extra={"topic": tp.topic, "partition": tp.partition, "position": pos, "highwater": hw})
             self.consumer.seek(tp, pos)
-            self.consumer.resume(tp)
             self.last_fetch[tp] = now
 
     def _refresh_gauges(self) -> None:
@@ -442,9 +433,16 @@ class Daemon(ConsumerRebalanceListener):
 
     # -- the loop ----------------------------------------------------------------------------
     def _poll(self, timeout_ms: int | None = None) -> None:
+        """Fetch more, but never more than the buffers have room for.
+
+        Back-pressure is by asking for fewer records, not by pausing partitions: kafka-python 3.0
+        can lose a paused partition's fetch state across a rebalance and never fetch it again."""
         if timeout_ms is None:
             timeout_ms = int(self.k.get("poll_timeout_ms", 500))
-        batches = self.consumer.poll(timeout_ms=timeout_ms, max_records=self.max_items)
+        room = self.max_buffer - sum(len(b) for b in self.buffers.values())
+        if room <= 0:
+            timeout_ms, room = 0, 1  # keep the group session alive; take almost nothing
+        batches = self.consumer.poll(timeout_ms=timeout_ms, max_records=min(self.max_items, room))
         for tp, msgs in batches.items():
             buf = self.buffers.get(tp)
             if buf is None or tp in self.pending_assigned:
@@ -453,11 +451,6 @@ class Daemon(ConsumerRebalanceListener):
             self.last_fetch[tp] = time.monotonic()
             for msg in msgs:
                 buf.append(self._item(msg, is_outcome))
-            if len(buf) >= self.max_buffer:
-                self.consumer.pause(tp)
-        for tp in list(self.consumer.paused()):
-            if len(self.buffers.get(tp, ())) < self.max_buffer // 2:
-                self.consumer.resume(tp)
 
     def _item(self, msg, is_outcome: bool) -> Item:
         raw = msg.value if msg.value is not None else b""

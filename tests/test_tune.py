@@ -222,3 +222,22 @@ def test_cli_help_lists_the_flags():
         assert flag in helptext
     args = cli.build_parser().parse_args(["tune", "--cdrs", "c", "--subscribers", "s", "--labels", "l"])
     assert args.target_fp_per_10k == 5.0 and args.high_budget_ratio == 0.2 and args.extreme_budget_ratio == 0.04
+
+
+def test_outcomes_are_replayed_with_the_records(data, tmp_path):
+    """--outcomes goes through the same interleaving as `backtest --outcomes`: a confirmed fraud teaches
+    the model and puts the line under watch, so its later scores (the trajectories) change."""
+    labels = load_labels(data["labels"])
+    outcomes = tmp_path / "outcomes.jsonl"
+    lines = [{"msisdn": m, "ts": onset + 2 * 3_600_000, "outcome": "confirmed_fraud"}
+             for m, (lab, _typ, onset) in labels.items() if lab == "fraud"]
+    outcomes.write_text("".join(json.dumps(o) + "\n" for o in sorted(lines, key=lambda o: o["ts"])))
+    cfg = config.load(data["base"], environ={})
+    plain = tune.record(cfg, data["cdrs"], data["subscribers"], None, FLOOR)
+    taught = tune.record(cfg, data["cdrs"], data["subscribers"], str(outcomes), FLOOR)
+    assert plain.records == taught.records
+    assert any(plain.peak[m] != taught.peak.get(m) for m in plain.peak)
+    rc = cli.main(["tune", "--config", data["base"], "--cdrs", data["cdrs"], "--subscribers", data["subscribers"],
+                   "--labels", data["labels"], "--outcomes", str(outcomes), "--floor", str(FLOOR),
+                   "--target-fp-per-10k", str(TARGET), "--quiet"])
+    assert rc == 0
