@@ -194,12 +194,13 @@ def main() -> int:
 
     state = {"ok": 0}
 
-    def backlog() -> int:
+    def backlog() -> int:  # what the producer has handed over and the daemon not yet processed
         return replayer.sent - state["ok"]
 
     replayer = Replayer(kcfg, topics["records"], work / "data" / "cdrs.jsonl.gz", backlog, a.max_backlog)
     samples = []
     rc = 0
+    ends = None
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # ready: assigned and serving
@@ -211,10 +212,19 @@ def main() -> int:
             time.sleep(0.5)
         else:
             raise RuntimeError("daemon not ready within 60 s")
+        from kafka import TopicPartition
+        ends = kafka_io.consumer(kcfg, group=False)
+        tps = [TopicPartition(topics["records"], p) for p in sorted(ends.partitions_for_topic(topics["records"]))]
+
+        def in_topic() -> int | None:
+            try:
+                return sum(ends.end_offsets(tps).values())
+            except Exception:
+                return None
         start = time.monotonic()
         replayer.start()
-        print(f"{'t_s':>6} {'rss_mb':>8} {'lag':>9} {'processed':>10} {'produced':>10} {'rec/s':>8} {'throttled_s':>11}",
-              flush=True)
+        print(f"{'t_s':>6} {'rss_mb':>8} {'lag':>9} {'backlog':>9} {'processed':>10} {'in_topic':>10} {'rec/s':>8} "
+              f"{'throttled_s':>11}", flush=True)
         next_at = start
         last_ok, last_t = 0, start
         while True:
@@ -227,13 +237,17 @@ def main() -> int:
                 if ok is not None:
                     state["ok"] = ok
                 rate = (state["ok"] - last_ok) / max(1e-9, now - last_t)
+                topic_end = in_topic()
                 last_ok, last_t = state["ok"], now
                 s = {"t": round(now - start, 1), "rss_mb": rss_mb(daemon.pid), "lag": h.get("lag"),
-                     "processed": state["ok"], "produced": replayer.sent, "rate": round(rate),
+                     "processed": state["ok"], "produced": replayer.sent, "in_topic": topic_end,
+                     "backlog": None if topic_end is None else topic_end - state["ok"], "rate": round(rate),
                      "throttled_s": round(replayer.throttled_s, 1), "status": h.get("status")}
                 samples.append(s)
                 print(f"{s['t']:>6.0f} {s['rss_mb'] or 0:>8.1f} {s['lag'] if s['lag'] is not None else '-':>9} "
-                      f"{s['processed']:>10} {s['produced']:>10} {s['rate']:>8} {s['throttled_s']:>11}", flush=True)
+                      f"{s['backlog'] if s['backlog'] is not None else '-':>9} {s['processed']:>10} "
+                      f"{s['in_topic'] if s['in_topic'] is not None else '-':>10} {s['rate']:>8} "
+                      f"{s['throttled_s']:>11}", flush=True)
                 next_at += a.every
                 if now - start >= a.seconds:
                     break
@@ -245,6 +259,8 @@ def main() -> int:
         rc = 1
     finally:
         replayer.stop.set()
+        if ends is not None:
+            ends.close()
         if replayer.is_alive():
             replayer.join(timeout=90)
         if daemon.poll() is None:
