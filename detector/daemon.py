@@ -73,6 +73,7 @@ class Daemon(ConsumerRebalanceListener):
         self.shared_waiting_since: float | None = None
         self.gated = False  # the next record waits for another owner's shared facts
         self.last_fetch: dict[TopicPartition, float] = {}
+        self.in_flight: list = []  # futures of everything sent since the last commit
         self.last_loop = time.monotonic()
         self.restoring = False
         self.consumer = None
@@ -422,12 +423,12 @@ class Daemon(ConsumerRebalanceListener):
         for kind, thing, msisdn, entry in self.detector.enricher.drain_changes():
             p = partition_of(msisdn, n)
             if p in self.owned:
-                self.producer.send(self.topics["shared"], key=f"{kind}|{thing}|{msisdn}".encode(),
+                self._send(self.topics["shared"], key=f"{kind}|{thing}|{msisdn}".encode(),
                                    value=state.encode_pair(entry), partition=p)
         for p in sorted(self.owned):
             wm = self._watermark(p)
             if wm is not None and wm != self.published_wm.get(p):
-                self.producer.send(self.topics["shared"], key=f"w|{p}".encode(),
+                self._send(self.topics["shared"], key=f"w|{p}".encode(),
                                    value=orjson.dumps({"v": 1, "wm": wm}), partition=p)
                 self.published_wm[p] = wm
 
@@ -534,7 +535,7 @@ class Daemon(ConsumerRebalanceListener):
             self.metrics.storm_breaker.set(1)
             log.error("suspension storm: breaker tripped, decisions are shadow-only until re-armed "
                       "(kill -USR1 <pid>)", extra={"bound_per_minute": self.detector.breaker.bound})
-        self.producer.send(self.topics["suspensions"], key=event["msisdn"].encode(),
+        self._send(self.topics["suspensions"], key=event["msisdn"].encode(),
                            value=orjson.dumps(public(event)))
         log.info("decision", extra={"action": event["action"], "tier": event["tier"], "mode": event["mode"],
                                     "msisdn": mask(event["msisdn"]), "score": event["score"],
@@ -556,11 +557,14 @@ class Daemon(ConsumerRebalanceListener):
                    ("source.topic", tp.topic.encode()),
                    ("source.partition", str(tp.partition).encode()),
                    ("source.offset", str(item.offset).encode())]
-        self.producer.send(self.topics["dlq"], key=item.raw_key, value=item.raw, headers=headers)
+        self._send(self.topics["dlq"], key=item.raw_key, value=item.raw, headers=headers)
         log.warning("record rejected", extra={"reason": err.reason, "field": err.field, "error": str(err),
                                               "topic": tp.topic, "partition": tp.partition, "offset": item.offset})
 
     # -- commit ------------------------------------------------------------------------------
+    def _send(self, topic: str, **kw) -> None:
+        """Send, keeping the future: a commit must not pass a send the broker refused."""
+        self.in_flight.append(self.producer.send(topic, **kw))
     def commit(self) -> None:
         """State changes → changelog, flush (events and state acknowledged), then offsets."""
         if self.producer is None or self.detector is None:
@@ -577,11 +581,15 @@ class Daemon(ConsumerRebalanceListener):
             if eng is None or (not eng.dirty and positions == self.persisted_positions.get(p)):
                 continue
             for key, value in state.drain_changes(self.detector, p, positions):
-                self.producer.send(self.topics["changelog"], key=key, value=value, partition=p)
+                self._send(self.topics["changelog"], key=key, value=value, partition=p)
             self.persisted_positions[p] = positions
         self._publish_shared()
         t1 = time.perf_counter()
         self.producer.flush()
+        failed = [f for f in self.in_flight if f.failed()]
+        self.in_flight = []
+        if failed:  # never commit past output the broker did not take: stop, a restart replays it
+            raise RuntimeError(f"{len(failed)} sends failed, offsets not committed: {failed[0].exception!r}")
         self.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
         offsets = {tp: OffsetAndMetadata(off, "", -1) for tp, off in self.processed.items()
                    if self.committed.get(tp) != off}

@@ -86,7 +86,7 @@ def apply_change(detector: Detector, partition: int, key: bytes, value: bytes | 
     elif kind == "m":
         eng = detector.engines.get(partition)
         if eng is None:
-            eng = detector.engines[partition] = Engine(detector.cfg)
+            eng = detector.engines[partition] = Engine(detector.cfg, detector.track_changes)
         if obj.get("breaker", {}).get("tripped"):  # a tripped breaker stays tripped across restarts
             detector.breaker.load_dict(obj["breaker"])
         return load_engine_meta(eng, obj)

@@ -8,6 +8,8 @@ back, the rest of the slice is published, and the daemon must end exactly where
 """
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections import Counter
 
@@ -24,13 +26,42 @@ FAULT_PORT = 19192
 DOWN_S = 10
 
 
-def test_daemon_rides_out_a_broker_outage(tmp_path):
-    if not (SAMPLE_DIR / "cdrs.jsonl.gz").exists():
-        pytest.fail(f"labelled sample not found in {SAMPLE_DIR}")
+@pytest.fixture(scope="module")
+def fault_broker(tmp_path_factory):
+    """The separate broker of this module (port 19192), stopped and removed at the end."""
     if port_open(FAULT_PORT):
         pytest.fail(f"port {FAULT_PORT} is already in use: another broker? (this test starts its own)")
+    broker = ExtraBroker(tmp_path_factory.mktemp("kafka-faults"), FAULT_PORT)
+    try:
+        broker.start()
+        yield broker
+    finally:
+        broker.cleanup()
+        assert not port_open(FAULT_PORT), "the extra broker is still up after cleanup"
+
+
+def test_daemon_rides_out_a_broker_outage(tmp_path, fault_broker):
+    report = outage_run(tmp_path, fault_broker, {}, DOWN_S)
+    rep = report["events"]
+    assert rep["max_repeat"] <= 2, report
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: the daemon never checks its producer's send futures; when the broker "
+                                       "is away longer than the producer's delivery timeout, flush() returns with "
+                                       "the batches expired (suspension events, changelog and shared-facts records "
+                                       "dropped) and the input offsets are committed anyway: events are lost")
+def test_outage_longer_than_delivery_timeout_recovers(tmp_path, fault_broker):
+    # 5 s delivery timeout (default 120 s) stands in for a longer outage, to keep the test short.
+    outage_run(tmp_path, fault_broker, {"CDR_DETECTOR__KAFKA__PRODUCER_OPTIONS":
+                                        "{delivery_timeout_ms: 5000, request_timeout_ms: 3000}"},
+               DOWN_S, catch_up_s=45)
+
+
+def outage_run(tmp_path, broker: ExtraBroker, extra_env: dict, down_s: float, catch_up_s: float = 120) -> dict:
+    if not (SAMPLE_DIR / "cdrs.jsonl.gz").exists():
+        pytest.fail(f"labelled sample not found in {SAMPLE_DIR}")
     data = tmp_path / "slice"
-    make_slice(data, benign=150, fraud_per_scheme=3, seed=2)
+    make_slice(data, benign=100, fraud_per_scheme=3, seed=2)
     lines = read_lines(data / "cdrs.jsonl.gz")
     cut = split_at_ts_boundary(lines, 0.5)
     first = write_lines(tmp_path / "first.jsonl.gz", lines[:cut])
@@ -38,16 +69,17 @@ def test_daemon_rides_out_a_broker_outage(tmp_path):
     reference = backtest_events(data / "cdrs.jsonl.gz", data / "subscribers.jsonl", tmp_path / "ref.jsonl")
     assert len(reference) >= 5
 
-    broker = ExtraBroker(tmp_path / "kafka", FAULT_PORT)
     d = None
     report = {}
     try:
-        report["broker_start_s"] = round(broker.start(), 1)
-        setup = KafkaSetup(broker.bootstrap)
+        if not broker.running():
+            report["broker_start_s"] = round(broker.start(), 1)
+        setup = KafkaSetup(broker.bootstrap, extra=dict(extra_env))
         setup.ensure_topics()
         assert replay_inprocess(setup, first, data / "subscribers.jsonl")["records"] == cut
 
-        d = DaemonProcess(setup, tmp_path / "daemon.log").start()
+        # PYTHONFAULTHANDLER: SIGABRT dumps every thread's stack into the log if the daemon wedges.
+        d = DaemonProcess(setup, tmp_path / "daemon.log", env=setup.env(PYTHONFAULTHANDLER="1")).start()
         pid = d.pid
         d.wait_ready(timeout=60)
 
@@ -64,7 +96,7 @@ def test_daemon_rides_out_a_broker_outage(tmp_path):
         # Down for a while: the daemon stays up (and says so on /healthz) and does not exit.
         t_down = time.monotonic()
         samples = []
-        while time.monotonic() - t_down < DOWN_S:
+        while time.monotonic() - t_down < down_s:
             d.assert_alive()
             samples.append(d.healthz())
             time.sleep(1)
@@ -77,7 +109,17 @@ def test_daemon_rides_out_a_broker_outage(tmp_path):
 
         # The rest of the stream arrives after the outage.
         assert replay_inprocess(setup, second)["records"] == len(lines) - cut
-        d.wait_caught_up(timeout=120)
+        try:
+            d.wait_caught_up(timeout=catch_up_s)
+        except TimeoutError as exc:
+            h = d.healthz()
+            os.kill(d.pid, signal.SIGABRT)
+            time.sleep(2)
+            dump = d.log_path.read_text(errors="replace")
+            dump = dump[dump.rfind("Fatal Python error"):] if "Fatal Python error" in dump else d.log_tail()
+            raise AssertionError(f"the daemon did not recover after the outage: /healthz {h}; "
+                                 f"report {report}\n{str(exc).splitlines()[0]}\n--- stacks at SIGABRT ---\n"
+                                 f"{dump[:6000]}") from None
         d.assert_alive()
         assert d.pid == pid, "the daemon was restarted"
 
@@ -105,5 +147,6 @@ def test_daemon_rides_out_a_broker_outage(tmp_path):
     finally:
         if d is not None:
             d.cleanup()
-        broker.cleanup()
-    assert not port_open(FAULT_PORT), "the extra broker is still up after cleanup"
+        if not broker.running():  # leave it up for the next test of the module
+            broker.start()
+    return report

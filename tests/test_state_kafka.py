@@ -1,0 +1,161 @@
+"""State that survives crashes and scale-out, on the real broker.
+
+- kill -9 in the middle, restart: the events (repeats dropped) and the restored per-number state
+  equal those of an uninterrupted run;
+- two daemons in one group split the partitions; one stops mid-stream and the other takes its
+  partitions and their state: the result equals the single-process backtest, cross-number
+  (handset/cell) facts included.
+"""
+from __future__ import annotations
+
+import orjson
+import pytest
+
+try:
+    from daemon_harness import DaemonProcess, KafkaSetup, diff_events, replay_inprocess, wait_until
+    from test_daemon_kafka import broker, daemon_slice, reference_events  # noqa: F401 (fixtures)
+except ImportError:  # pragma: no cover
+    from tests.daemon_harness import DaemonProcess, KafkaSetup, diff_events, replay_inprocess, wait_until
+    from tests.test_daemon_kafka import broker, daemon_slice, reference_events  # noqa: F401
+
+from detector.topic_dump import read_events, read_topic
+
+pytestmark = pytest.mark.kafka
+
+# A killed consumer holds its partitions until its session expires; keep that short here.
+FAST_SESSION = {"CDR_DETECTOR__KAFKA__CONSUMER_OPTIONS": "{session_timeout_ms: 8000, heartbeat_interval_ms: 2000}"}
+
+
+@pytest.fixture
+def setups(broker):  # noqa: F811
+    made: list[KafkaSetup] = []
+    procs: list[DaemonProcess] = []
+
+    def new_setup() -> KafkaSetup:
+        s = KafkaSetup(broker, extra=dict(FAST_SESSION))
+        s.ensure_topics()
+        made.append(s)
+        return s
+
+    def new_daemon(s: KafkaSetup, log) -> DaemonProcess:
+        d = DaemonProcess(s, log)
+        procs.append(d)
+        return d.start()
+
+    yield new_setup, new_daemon
+    for d in procs:
+        d.cleanup()
+    for s in made:
+        try:
+            s.delete()
+        except Exception as exc:
+            print(f"could not delete test topics: {exc!r}")
+
+
+def final_number_states(s: KafkaSetup) -> dict[str, dict]:
+    """The latest changelog value of every number (what a restore would rebuild)."""
+    out: dict[str, dict] = {}
+    for msg in read_topic(s.kcfg, f"{s.group_id}.state-changelog"):
+        key = msg.key.decode()
+        if key.startswith("n:"):
+            if msg.value is None:
+                out.pop(key[2:], None)
+                TOMBSTONES.append((key, msg.partition, msg.offset))
+            else:
+                out[key[2:]] = orjson.loads(msg.value)
+    return out
+
+
+TOMBSTONES: list = []
+
+
+def run_to_end(d: DaemonProcess, timeout: float = 240) -> None:
+    d.wait_ready(timeout=60)
+    d.wait_caught_up(timeout=timeout)
+
+
+def stop(d: DaemonProcess) -> None:
+    rc = d.terminate(timeout=30)
+    assert rc == 0, f"daemon exited with {rc}:\n{d.log_tail()}"
+
+
+def test_kill9_midway_restores_the_same_features_as_an_uninterrupted_run(setups, daemon_slice, reference_events,
+                                                                           tmp_path):
+    new_setup, new_daemon = setups
+    total = daemon_slice["records"]
+
+    clean = new_setup()
+    replay_inprocess(clean, daemon_slice["cdrs"], daemon_slice["subscribers"])
+    d = new_daemon(clean, tmp_path / "clean.log")
+    run_to_end(d)
+    stop(d)
+    expected_states = final_number_states(clean)
+    assert len(expected_states) > 100
+
+    crash = new_setup()
+    replay_inprocess(crash, daemon_slice["cdrs"], daemon_slice["subscribers"])
+    d1 = new_daemon(crash, tmp_path / "crash.log")
+    d1.wait_ready(timeout=60)
+
+    def midway():
+        d1.assert_alive()
+        ok = d1.records_total()["ok"]
+        committed = sum(crash.committed_offsets("records").values())
+        if ok > 0.85 * total:
+            pytest.fail(f"processed {ok}/{total} before it could be killed midway")
+        return ok if ok >= 0.25 * total and committed > 0 else None
+
+    wait_until(midway, 90, "the daemon to be partway through", d1.log_tail, interval=0.05)
+    assert d1.kill9() == -9
+    d2 = new_daemon(crash, tmp_path / "crash.log")
+    run_to_end(d2)
+    restored = d2.metric("cdr_detector_state_restore_records_total")
+    stop(d2)
+    assert restored > 0, "the restarted daemon did not restore from the changelog"
+
+    got_events = read_events(crash.kcfg, crash.topics["suspensions"])
+    assert got_events == reference_events, diff_events(reference_events, got_events)
+    got_states = final_number_states(crash)
+    missing = sorted(expected_states.keys() - got_states.keys())
+    assert not missing, (f"{len(missing)} numbers missing from the restored state, e.g. "
+                         f"{[(m, {k: expected_states[m][k] for k in ('n_mo', 'n_mt', 'applied_offset', 'last_ts')}) for m in missing[:3]]}"
+                         f"\ntombstones {TOMBSTONES[:5]} of {len(TOMBSTONES)}\n"
+                         + "\n".join(l for l in (tmp_path / "crash.log").read_text().splitlines()
+                                     if "cdr_detector.daemon" in l and "decision" not in l))
+    assert got_states.keys() == expected_states.keys()
+    differing = [m for m in expected_states if got_states[m] != expected_states[m]]
+    assert not differing, f"{len(differing)} numbers' restored features differ, e.g. {differing[:3]}"
+
+
+def test_two_daemons_split_the_partitions_and_one_takes_over(setups, daemon_slice, reference_events, tmp_path):
+    new_setup, new_daemon = setups
+    s = new_setup()
+    replay_inprocess(s, daemon_slice["cdrs"], daemon_slice["subscribers"])
+    a = new_daemon(s, tmp_path / "a.log")
+    a.wait_ready(timeout=60)
+    b = new_daemon(s, tmp_path / "b.log")
+
+    def split():
+        ha, hb = a.healthz() or {}, b.healthz() or {}
+        pa, pb = set(ha.get("assigned", [])), set(hb.get("assigned", []))
+        return (pa, pb) if pa and pb and not (pa & pb) and len(pa | pb) == 3 else None
+
+    pa, pb = wait_until(split, 90, "the two daemons to split the partitions", b.log_tail, interval=0.2)
+
+    def both_working():
+        return a.records_total()["ok"] > 0 and b.records_total()["ok"] > 0
+
+    wait_until(both_working, 120, "both daemons to process records", b.log_tail, interval=0.2)
+    done_a = a.records_total()["ok"]
+    stop(a)  # mid-stream: b takes a's partitions and their state
+    assert done_a < daemon_slice["records"], "a finished everything before it was stopped"
+
+    def b_owns_all():
+        return set((b.healthz() or {}).get("assigned", [])) == {0, 1, 2}
+
+    wait_until(b_owns_all, 90, "b to take over every partition", b.log_tail, interval=0.2)
+    run_to_end(b, timeout=300)
+    stop(b)
+
+    got = read_events(s.kcfg, s.topics["suspensions"])
+    assert got == reference_events, diff_events(reference_events, got)
