@@ -52,7 +52,7 @@ def _resolve_files(node: Any) -> Any:
         return node
     out = {k: _resolve_files(v) for k, v in node.items()}
     for k, v in node.items():
-        if k.endswith("_file") and isinstance(v, str) and not k.startswith("ssl_"):
+        if k.endswith("_file") and isinstance(v, str):
             try:
                 out[k[:-5]] = Path(v).read_text().strip()
             except OSError as exc:
@@ -116,7 +116,7 @@ def model_id(cfg: dict) -> str:
 def redacted(cfg: Any) -> Any:
     """The settings with secrets masked, for logs and `config show`."""
     if isinstance(cfg, dict):
-        return {k: ("***" if v is not None and any(s in k for s in SECRET_KEYS) and not k.endswith("_file")
-                    and not isinstance(v, dict) and not k.startswith("ssl_")
+        return {k: ("***" if v is not None and any(s in k for s in SECRET_KEYS) and not k.endswith("file")
+                    and not isinstance(v, dict)
                     else redacted(v)) for k, v in cfg.items()}
     return cfg

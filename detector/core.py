@@ -6,6 +6,7 @@ the detector itself); everything it holds is plain data that `snapshot()` can se
 """
 from __future__ import annotations
 
+import bisect
 import hashlib
 import math
 from collections import deque
@@ -276,7 +277,8 @@ class StormBreaker:
         self.enabled = bool(cfg.get("enabled", True))
         self.bound = int(cfg.get("max_suspensions_per_minute", 50))
         self.window_ms = 60_000
-        self.recent: deque[int] = deque()
+        self.recent: list[int] = []  # enforced suspensions' event times, sorted
+        self.latest = 0
         self.tripped = False
         self.tripped_ts = 0
         self.trips = 0
@@ -288,10 +290,17 @@ class StormBreaker:
             if e["action"] not in ("suspend", "escalate") or e["mode"] != "enforce":
                 continue
             if not self.tripped:
-                self.recent.append(e["ts"])
-                while self.recent and self.recent[0] <= e["ts"] - self.window_ms:
-                    self.recent.popleft()
-                if len(self.recent) <= self.bound:
+                ts = e["ts"]
+                bisect.insort(self.recent, ts)
+                self.latest = max(self.latest, ts)
+                # keep two hours: later than that a record is set aside as late anyway; at most
+                # ~120 × bound entries, since no more than that is ever enforced
+                while self.recent and self.recent[0] < self.latest - 120 * self.window_ms:
+                    del self.recent[0]
+                # any one-minute window that holds this event (events may come out of order)
+                lo = bisect.bisect_right(self.recent, ts - self.window_ms)
+                hi = bisect.bisect_left(self.recent, ts + self.window_ms)
+                if hi - lo <= self.bound:
                     continue
                 self.tripped = True
                 self.tripped_ts = e["ts"]
@@ -360,15 +369,19 @@ class Detector:
         st = eng.numbers.get(rec.msisdn)
         self.last_score = None
         if st is not None:
-            if (0 <= offset <= st.applied_offset) or F.seen_before(st, rec.record_id):
-                eng.duplicates += 1  # a repeat must not count twice on the shared indexes either
+            if 0 <= offset <= st.applied_offset:
+                eng.duplicates += 1  # replayed after a crash: already folded in
                 self.last_result = "duplicate"
                 return []
             if rec.ts < st.last_ts - self.lateness_ms:
                 self.late += 1  # too late to fold into rolling features: set aside, counted
                 self.last_result = "late"
-                if offset >= 0:
+                if offset >= 0:  # the daemon dead-letters it once, not again after a restart
                     st.applied_offset = offset
+                return []
+            if F.seen_before(st, rec.record_id):
+                eng.duplicates += 1  # a repeat must not count twice on the shared indexes either
+                self.last_result = "duplicate"
                 return []
         self.last_result = "ok"
         if facts is None:

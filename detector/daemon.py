@@ -21,12 +21,13 @@ from typing import NamedTuple
 
 import orjson
 from kafka import ConsumerRebalanceListener, TopicPartition
+from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata
 
 from . import kafka_io, state
 from .contract import CDR, InvalidRecord, Outcome, parse_cdr, parse_outcome
 from .core import Detector, partition_of, public
-from .logs import mask
+from .logs import mask, mask_text
 from .metrics import Metrics, serve
 from .pipeline import Pipeline
 
@@ -558,7 +559,7 @@ class Daemon(ConsumerRebalanceListener):
                    ("source.partition", str(tp.partition).encode()),
                    ("source.offset", str(item.offset).encode())]
         self._send(self.topics["dlq"], key=item.raw_key, value=item.raw, headers=headers)
-        log.warning("record rejected", extra={"reason": err.reason, "field": err.field, "error": str(err),
+        log.warning("record rejected", extra={"reason": err.reason, "field": err.field, "error": mask_text(str(err)),
                                               "topic": tp.topic, "partition": tp.partition, "offset": item.offset})
 
     # -- commit ------------------------------------------------------------------------------
@@ -585,16 +586,71 @@ class Daemon(ConsumerRebalanceListener):
             self.persisted_positions[p] = positions
         self._publish_shared()
         t1 = time.perf_counter()
-        self.producer.flush()
+        if not self._flush():
+            return
         failed = [f for f in self.in_flight if f.failed()]
         self.in_flight = []
-        if failed:  # never commit past output the broker did not take: stop, a restart replays it
-            raise RuntimeError(f"{len(failed)} sends failed, offsets not committed: {failed[0].exception!r}")
+        if failed:  # never commit past output the broker did not take: go back to the changelog
+            log.error("sends failed; rewinding to the persisted state", extra={
+                "failed": len(failed), "error": repr(failed[0].exception)})
+            self._rewind()
+            return
         self.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
         offsets = {tp: OffsetAndMetadata(off, "", -1) for tp, off in self.processed.items()
                    if self.committed.get(tp) != off}
         if offsets:
-            self.consumer.commit(offsets)
+            while True:
+                try:
+                    self.consumer.commit(offsets)
+                    break
+                except KafkaError as exc:  # broker away: keep trying, stay live
+                    if self.stop_event.is_set() or not getattr(exc, "retriable", False):
+                        raise
+                    self.last_loop = time.monotonic()
+                    time.sleep(1)
             for tp, om in offsets.items():
                 self.committed[tp] = om.offset
         self.metrics.commit_seconds.observe(time.perf_counter() - t1)
+
+    def _flush(self) -> bool:
+        """Wait for the broker to acknowledge everything sent — through an outage if need be.
+
+        Returns False only when a stop was requested while the broker was away: nothing is
+        committed then, and the next start replays from the last commit."""
+        warned = False
+        while True:
+            try:
+                self.producer.flush(timeout=5)
+                return True
+            except KafkaTimeoutError:
+                self.last_loop = time.monotonic()  # waiting on the broker is not being stuck
+                if not warned:
+                    log.warning("broker not acknowledging; waiting for it to come back")
+                    warned = True
+                if self.stop_event.is_set():
+                    log.error("stop requested while the broker is away: exiting without a commit")
+                    return False
+
+    def _rewind(self) -> None:
+        """Some output was lost: rebuild the owned partitions from the changelog and re-read from
+        the positions it records, as a restart would — without restarting."""
+        self.in_flight = []
+        parts = sorted(self.owned)
+        while True:
+            try:
+                positions = self._restore(parts)
+                break
+            except KafkaError as exc:
+                log.warning("rewind waits for the broker", extra={"error": repr(exc)})
+                self.last_loop = time.monotonic()
+                time.sleep(2)
+        for tp, buf in self.buffers.items():
+            buf.clear()
+            pos = positions.get(tp.partition, {}).get(self._kind(tp), self.committed.get(tp))
+            if pos is None or pos < 0:
+                self.consumer.seek_to_beginning(tp)
+                self.processed.pop(tp, None)
+            else:
+                self.consumer.seek(tp, pos)
+                self.processed[tp] = pos
+        self.persisted_positions = {p: positions.get(p, {}) for p in parts}

@@ -92,7 +92,7 @@ class NumberState:
         self.restores = 0
         self.fraud_confirmed = False
         self.below_since = 0
-        self.recent_ids = array("I", bytes(4 * RECENT_IDS))
+        self.recent_ids = array("Q", bytes(8 * RECENT_IDS))
         self.recent_pos = 0
         self.applied_offset = -1  # input offset of the last record folded in (-1: none/offline)
         self.handset_lines = 0  # the last cross-number facts seen, for scoring between records
@@ -138,7 +138,8 @@ class NumberState:
 
 def seen_before(state: NumberState, record_id: str) -> bool:
     """True if this record id is among the number's recent ones; else remember it."""
-    h = zlib.crc32(record_id.encode()) or 1
+    b = record_id.encode()
+    h = ((zlib.crc32(b) << 32) | zlib.adler32(b)) or 1  # 64 bits: no practical collisions
     ids = state.recent_ids
     if h in ids:
         return True

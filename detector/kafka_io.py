@@ -26,7 +26,9 @@ def common(kcfg: dict) -> dict:
 
 
 def producer(kcfg: dict) -> KafkaProducer:
-    opts = dict(acks="all", enable_idempotence=True, linger_ms=int(kcfg.get("linger_ms", 5)), retries=2**31 - 1)
+    # Output must never be dropped because the broker was away for a while: retry until it is back.
+    opts = dict(acks="all", enable_idempotence=True, linger_ms=int(kcfg.get("linger_ms", 5)), retries=2**31 - 1,
+                delivery_timeout_ms=2**31 - 1)
     opts.update(kcfg.get("producer_options") or {})
     return KafkaProducer(**opts, **common(kcfg))
 

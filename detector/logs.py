@@ -5,6 +5,7 @@ A carrier's log pipeline indexes these fields; masking keeps subscribers' number
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 
@@ -22,6 +23,16 @@ def mask(number: str | None) -> str:
     if len(number) <= 6:
         return "*" * len(number)
     return number[:3] + "*" * (len(number) - 7) + number[-4:]
+
+
+_DIGITS = re.compile(r"\d{7,}")
+
+
+def mask_text(text: str) -> str:
+    """Mask every run of 7+ digits (a phone number quoted in an error message) unless DEBUG."""
+    if logging.getLogger("cdr_detector").isEnabledFor(logging.DEBUG):
+        return text
+    return _DIGITS.sub(lambda m: mask(m.group(0)), text)
 
 
 class JsonFormatter(logging.Formatter):

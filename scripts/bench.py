@@ -292,10 +292,10 @@ def bench_core(args, cfg: dict, m: dict) -> dict:
         gc.collect()
     layers = {}
     for k, rs in runs.items():
-        best = min(rs, key=lambda r: r["wall_s"])
-        layers[k] = {"runs": rs, "records": n, "wall_s": best["wall_s"], "cpu_s": best["cpu_s"],
-                     "records_per_s": n / best["wall_s"], "records_per_cpu_s": n / best["cpu_s"],
-                     "us_per_record": best["wall_s"] / n * 1e6}
+        w = min(r["wall_s"] for r in rs)  # best pass by wall time and, separately, by CPU time
+        c = min(r["cpu_s"] for r in rs)
+        layers[k] = {"runs": rs, "records": n, "wall_s": w, "cpu_s": c, "records_per_s": n / w,
+                     "records_per_cpu_s": n / c, "us_per_record": w / n * 1e6}
 
     prof = None
     if args.profile_records:

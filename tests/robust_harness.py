@@ -119,6 +119,30 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def free_ports(n: int = 2, spacing: int = 1000, lo: int = 20000, hi: int = 40000) -> list[int]:
+    """n free ports p, p+spacing, ... (a broker's client/SSL and controller ports), chosen at random so
+    that concurrent runs of the same test (other developers, CI) do not collide on fixed ports."""
+    import random
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(lo, hi - spacing * n)
+        ports = [base + i * spacing for i in range(n)]
+        if not any(port_open(p) for p in ports):
+            try:
+                socks = []
+                for p in ports:
+                    s = socket.socket()
+                    socks.append(s)
+                    s.bind(("127.0.0.1", p))
+            except OSError:
+                continue
+            finally:
+                for s in socks:
+                    s.close()
+            return ports
+    raise RuntimeError("no free ports")
+
+
 def port_open(port: int, host: str = "127.0.0.1", timeout: float = 1.0) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
@@ -201,14 +225,20 @@ class ExtraBroker:
         return subprocess.run(["bash", str(KAFKA_SCRIPT), cmd], cwd=REPO_ROOT, env=self.env(),
                               capture_output=True, text=True, timeout=timeout)
 
-    def start(self) -> float:
-        """Start and wait until it answers; returns the seconds it took."""
+    def start(self, attempts: int = 3) -> float:
+        """Start and wait until it answers; returns the seconds it took. Retried: right after a stop
+        the old JVM's listening sockets can still hold the ports for a moment."""
         t0 = time.monotonic()
-        proc = self._script("start")
-        if proc.returncode != 0:
-            raise RuntimeError(f"kafka-local.sh start (port {self.port}) failed ({proc.returncode}):\n"
-                               f"{proc.stdout}\n{proc.stderr}\n{self.log_tail()}")
-        return time.monotonic() - t0
+        for attempt in range(attempts):
+            proc = self._script("start")
+            if proc.returncode == 0:
+                return time.monotonic() - t0
+            if "in use" not in proc.stdout + proc.stderr + self.log_tail() or attempt == attempts - 1:
+                break
+            self._script("stop", timeout=120)
+            time.sleep(5)
+        raise RuntimeError(f"kafka-local.sh start (port {self.port}) failed ({proc.returncode}):\n"
+                           f"{proc.stdout}\n{proc.stderr}\n{self.log_tail()}")
 
     def stop(self) -> float:
         t0 = time.monotonic()

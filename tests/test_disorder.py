@@ -99,8 +99,6 @@ def test_redelivery_after_ring_is_still_a_duplicate():
     assert p.counts["duplicate"] == 1, p.counts
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: duplicates are detected by crc32(record_id); two different record "
-                                       "ids with the same crc32 make the second a false duplicate, silently dropped")
 def test_distinct_record_ids_with_equal_crc32_are_both_processed():
     a_id, b_id = "a02552f76dbdf5fd", "670009b22c087272"
     assert a_id != b_id and zlib.crc32(a_id.encode()) == zlib.crc32(b_id.encode())
@@ -171,10 +169,6 @@ def test_too_late_is_counted_late_and_leaves_features_alone():
     assert state_of(p)["n_mo"] == before["n_mo"] + 1
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a late record is set aside but its id still enters the number's "
-                                       "16-slot dedupe ring (core.Detector.on_record calls seen_before before the "
-                                       "lateness check): to_dict changes, and a burst of late records evicts "
-                                       "genuine ids so a real duplicate is then folded in twice")
 def test_too_late_leaves_state_completely_unchanged():
     p, s, recs = late_setup()
     before = state_of(p)
@@ -183,8 +177,6 @@ def test_too_late_leaves_state_completely_unchanged():
     assert state_of(p) == before
 
 
-@pytest.mark.xfail(strict=True, reason="consequence of the bug above: late records evict genuine record ids "
-                                       "from the dedupe ring")
 def test_late_burst_does_not_hide_a_duplicate():
     p, s, recs = late_setup()
     for i in range(RING):

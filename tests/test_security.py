@@ -1,7 +1,7 @@
 """Security: TLS (mutual) to Kafka, the metrics endpoint's bind address, no phone numbers in logs,
 secrets from files never printed.
 
-(a) needs Java (keytool) and openssl; it starts its own broker (port 19292, own run/data dirs,
+(a) needs Java (keytool) and openssl; it starts its own broker (free ports, own run/data dirs,
 TLS listener added through KAFKA_EXTRA_PROPERTIES) and stops it in a `finally`.
 """
 from __future__ import annotations
@@ -26,11 +26,11 @@ from detector import logs
 from detector.contract import InvalidRecord, parse_cdr
 from detector.daemon import Daemon, Item
 from detector.metrics import Metrics, serve
-from robust_harness import ExtraBroker, event_violations, http_get, non_loopback_ipv4, port_open, wait_until
+from robust_harness import (ExtraBroker, event_violations, free_ports, http_get, non_loopback_ipv4, port_open,
+                            wait_until)
 
-TLS_PLAIN_PORT = 19292
-TLS_PORT = 19293
-TLS_CONTROLLER_PORT = 20292
+# Random free ports (not fixed ones), so concurrent runs of this file do not collide.
+TLS_PLAIN_PORT, TLS_PORT, TLS_CONTROLLER_PORT = free_ports(3, spacing=7)
 STOREPASS = "changeit-test"
 SECRET = "s3cr3t-Pa55w0rd-do-not-print"
 
@@ -271,9 +271,6 @@ def test_decision_logs_mask_phone_numbers(tmp_path, json_log):
     assert all(orjson.loads(v)["msisdn"] == e["msisdn"] for (_, _, v, _), e in zip(d.producer.sent, events))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (privacy): a rejected record's log line carries the contract error, "
-                                       "which quotes the offending value — a malformed phone number such as "
-                                       "'+8613812345678' or a 21-digit peer is written to the WARNING log in full")
 def test_rejected_record_logs_mask_phone_numbers(json_log):
     cfg = load_cfg()
     d = fake_daemon(cfg)
@@ -341,10 +338,6 @@ def test_secret_never_in_daemon_logs_even_when_kafka_fails(tmp_path):
     assert SECRET not in text, "the SASL password appears in the daemon's output"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: config.redacted() exempts every key starting with 'ssl_', so "
-                                       "kafka.ssl_password (the client key's passphrase) is printed in clear by "
-                                       "`cdr-detector config`; and _resolve_files skips ssl_* keys, so "
-                                       "ssl_password_file is not supported either")
 def test_ssl_password_is_masked_and_can_come_from_a_file(tmp_path):
     f = tmp_path / "key-pass"
     f.write_text(SECRET)

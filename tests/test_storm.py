@@ -139,9 +139,6 @@ def test_line_shadowed_during_storm_is_enforced_after_rearm():
         f"still fraudulent after the re-arm, but no enforced suspension: {[(e['action'], e['tier'], e['mode']) for e in ev2]}"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the breaker evicts its window relative to each event's own ts; with "
-                                       "events out of event-time order (late records within allowed lateness) more "
-                                       "than the bound are enforced inside one minute of event time")
 def test_breaker_bound_holds_for_out_of_order_events():
     b = StormBreaker({"max_suspensions_per_minute": BOUND})
     events = [{"action": "suspend", "mode": "enforce", "ts": t} for t in (0, 0, 0, 200_000, 30_000)]
