@@ -183,10 +183,13 @@ class Daemon(ConsumerRebalanceListener):
     def health(self) -> tuple[bool, dict]:
         live = time.monotonic() - self.last_loop < 60
         lag = self._lag()
-        ready = live and bool(self.owned) and not self.restoring and sum(lag.values()) <= int(
+        records_tps = [tp for tp in self.buffers if tp.topic == self.topics["records"]]
+        known = bool(records_tps) and all(tp in lag for tp in records_tps)  # no fetch yet: lag unknown
+        ready = live and bool(self.owned) and not self.restoring and known and sum(lag.values()) <= int(
             self.k.get("ready_max_lag", 10_000))
         return live and (ready or not self.k.get("health_requires_ready", False)), {
-            "live": live, "ready": ready, "assigned": sorted(self.owned), "lag": sum(lag.values())}
+            "live": live, "ready": ready, "assigned": sorted(self.owned),
+            "lag": sum(lag.values()) if known else None}  # None: not every partition fetched yet
 
     def _lag(self) -> dict[TopicPartition, int]:
         out = {}

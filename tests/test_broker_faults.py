@@ -1,6 +1,6 @@
 """The daemon survives its broker going away mid-stream, and reconnects by itself.
 
-A SEPARATE broker (port 19192, own run/data dirs under tmp) is started for this test, so the shared
+A SEPARATE broker (random free ports, own run/data dirs under tmp) is started for this test, so the shared
 broker on 9092 is never touched; it is stopped in a `finally`. The daemon (one process, never
 restarted) reads half of a slice, the broker is stopped while it works, stays down ~10 s, comes
 back, the rest of the slice is published, and the daemon must end exactly where
@@ -18,26 +18,26 @@ import pytest
 
 from daemon_harness import (PARTITIONS, SAMPLE_DIR, DaemonProcess, KafkaSetup, backtest_events, diff_events,
                             make_slice, read_lines, replay_inprocess, split_at_ts_boundary, write_lines)
-from robust_harness import ExtraBroker, event_violations, port_open, wait_until
+from robust_harness import ExtraBroker, event_violations, free_ports, port_open, wait_until
 
 pytestmark = pytest.mark.kafka
 
-FAULT_PORT = 19192
 DOWN_S = 10
 
 
 @pytest.fixture(scope="module")
 def fault_broker(tmp_path_factory):
-    """The separate broker of this module (port 19192), stopped and removed at the end."""
-    if port_open(FAULT_PORT):
-        pytest.fail(f"port {FAULT_PORT} is already in use: another broker? (this test starts its own)")
-    broker = ExtraBroker(tmp_path_factory.mktemp("kafka-faults"), FAULT_PORT)
+    """The separate broker of this module, stopped and removed at the end. Its ports are free ones
+    picked at random (not a fixed 19192), so concurrent runs of this file (other developers, CI)
+    do not collide; the shared broker on 9092 is never touched."""
+    port, controller = free_ports(2)
+    broker = ExtraBroker(tmp_path_factory.mktemp("kafka-faults"), port, controller_port=controller)
     try:
         broker.start()
         yield broker
     finally:
         broker.cleanup()
-        assert not port_open(FAULT_PORT), "the extra broker is still up after cleanup"
+        assert not port_open(port), "the extra broker is still up after cleanup"
 
 
 def test_daemon_rides_out_a_broker_outage(tmp_path, fault_broker):
@@ -92,7 +92,7 @@ def outage_run(tmp_path, broker: ExtraBroker, extra_env: dict, down_s: float, ca
         at_stop = wait_until(midway, 60, "the daemon to be under way", d.log_tail, interval=0.05)
         report["ok_when_broker_stopped"] = int(at_stop)
         report["broker_stop_s"] = round(broker.stop(), 1)
-        assert not port_open(FAULT_PORT)
+        assert not port_open(broker.port)
 
         # Down for a while: the daemon stays up (and says so on /healthz) and does not exit.
         t_down = time.monotonic()
