@@ -19,7 +19,7 @@ from detector import config
 from detector.contract import CDR, Outcome, Profile, parse_cdr, parse_outcome, parse_profile
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("CDR_SHARED_DIR", "/work/shared"))
+SHARED = Path(os.environ.get("CDR_SHARED_DIR") or next((p for p in (Path(__file__).resolve().parents[1].parent / "shared", Path("/work/shared")) if p.exists()), "/work/shared"))
 SAMPLE_DIR = SHARED / "data" / "sample"
 SCORE_PY = SHARED / "tools" / "score.py"
 

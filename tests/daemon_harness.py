@@ -30,7 +30,7 @@ from detector.topic_dump import read_topic
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
-SAMPLE_DIR = Path(os.environ.get("CDR_SHARED_DIR", "/work/shared")) / "data" / "sample"
+SAMPLE_DIR = Path(os.environ.get("CDR_SHARED_DIR") or next((p for p in (Path(__file__).resolve().parents[1].parent / "shared", Path("/work/shared")) if p.exists()), "/work/shared")) / "data" / "sample"
 SLICE_SCRIPT = REPO_ROOT / "scripts" / "slice_dataset.py"
 PARTITIONS = 3
 

@@ -62,7 +62,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.prometheus]
 
 ROOT = Path(__file__).resolve().parent.parent
 PROM_SCRIPT = ROOT / "scripts" / "prometheus-local.sh"
-SAMPLE = Path(os.environ.get("CDR_SHARED_DIR", "/work/shared")) / "data" / "sample"
+SAMPLE = Path(os.environ.get("CDR_SHARED_DIR") or next((p for p in (Path(__file__).resolve().parents[1].parent / "shared", Path("/work/shared")) if p.exists()), "/work/shared")) / "data" / "sample"
 PARTITIONS = 3
 
 SLICE = {"benign": 500, "fraud_per_scheme": 5, "seed": 11}

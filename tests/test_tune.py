@@ -22,7 +22,7 @@ from detector import cli, config, tune
 from detector.report import evaluate, load_labels
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLE = Path("/work/shared/data/sample")
+SAMPLE = Path(os.environ.get("CDR_SHARED_DIR") or next((p for p in (Path(__file__).resolve().parents[1].parent / "shared", Path("/work/shared")) if p.exists()), "/work/shared")) / "data" / "sample"
 TARGET = 40.0  # per 10k: on ~600 legitimate lines that allows two false suspensions (33/10k), not three
 FLOOR = 0.02
 
