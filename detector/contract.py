@@ -58,7 +58,13 @@ class Outcome(NamedTuple):
 
 def decode(raw: bytes | str | dict) -> dict:
     """Bytes → JSON object, with the reasons a carrier's feed actually produces."""
-    if isinstance(raw, dict):
+    if isinstance(raw, dict):  # in-process callers: strings must still be valid UTF-8
+        for k, v in raw.items():
+            if isinstance(v, str):
+                try:
+                    v.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise InvalidRecord("bad_utf8", str(k)[:32], "string is not valid UTF-8") from None
         return raw
     if isinstance(raw, str):
         raw = raw.encode("utf-8", "surrogatepass")
