@@ -75,6 +75,7 @@ class Daemon(ConsumerRebalanceListener):
         self.gated = False  # the next record waits for another owner's shared facts
         self.last_fetch: dict[TopicPartition, float] = {}
         self.in_flight: list = []  # futures of everything sent since the last commit
+        self._caught_cache: dict[TopicPartition, bool] = {}
         self.last_loop = time.monotonic()
         self.restoring = False
         self.consumer = None
@@ -477,8 +478,12 @@ class Daemon(ConsumerRebalanceListener):
                 k = buf[0].key
                 if best_key is None or k < best_key:
                     best, best_key = tp, k
-            elif not self._caught_up(tp):
-                waiting = True
+            else:
+                up = self._caught_cache.get(tp)
+                if up is None:  # positions only move on poll(): ask the client once per batch
+                    up = self._caught_cache[tp] = self._caught_up(tp)
+                if not up:
+                    waiting = True
         if best is None:
             return None
         if best_key[0] != -1 and best_key[1] == 1 and not self._shared_ready(best_key[0]):
@@ -504,6 +509,7 @@ class Daemon(ConsumerRebalanceListener):
 
     def _process_ready(self) -> int:
         done = 0
+        self._caught_cache = {}
         while done < self.max_items:
             tp = self._next_tp()
             if tp is None:

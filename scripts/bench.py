@@ -707,7 +707,7 @@ def bench_e2e(args, cfg0: dict, m: dict) -> dict:
         time.sleep(2 * float(k.get("commit_interval_ms", 1000)) / 1000 + 0.5)  # let it commit and go idle
 
         # 4. live phase: paced production, records stamped with the wall clock at send
-        rate = args.live_rate or max(1000, int(round(d["steady_records_per_s"] * args.live_fraction, -2)))
+        rate = args.live_rate or max(50, int(round(d["steady_records_per_s"] * args.live_fraction, -1)))
         result["live"] = live_phase(k, topics, port, cdrs, n, rate, args.live_seconds, args.sample_interval_live,
                                     counts["records"])
         lv = result["live"]
