@@ -409,10 +409,15 @@ EVENT_KEYS = {"event_id", "ts", "msisdn", "action", "tier", "verification", "sco
 REASON_KEYS = {"code", "value", "typical", "text"}
 
 
-def contract_violations(event: Any, cfg: dict) -> list[str]:
-    """What is wrong with one suspension event under the v1 contract and the tier settings."""
+def contract_violations(event: Any, cfg: dict, breaker_may_shadow: bool = False) -> list[str]:
+    """What is wrong with one suspension event under the v1 contract and the tier settings.
+
+    Internal `_` keys (the core's annotations, stripped before events leave) are ignored. With
+    `breaker_may_shadow`, `shadow` on an enforce tier is accepted (the storm breaker's doing),
+    never `enforce` on a shadow tier."""
     if not isinstance(event, dict):
         return [f"not an object: {event!r}"]
+    event = {k: v for k, v in event.items() if not k.startswith("_")}
     bad = []
     if set(event) != EVENT_KEYS:
         bad.append(f"fields {sorted(event)} != {sorted(EVENT_KEYS)}")
@@ -434,7 +439,8 @@ def contract_violations(event: Any, cfg: dict) -> list[str]:
         tc = cfg["tiers"][tier]
         if event.get("verification") != tc["verification"]:
             bad.append(f"tier {tier} with verification {event.get('verification')!r} (config: {tc['verification']!r})")
-        if event.get("mode") != tc["mode"]:
+        shadowed = breaker_may_shadow and tc["mode"] == "enforce" and event.get("mode") == "shadow"
+        if event.get("mode") != tc["mode"] and not shadowed:
             bad.append(f"tier {tier} with mode {event.get('mode')!r} (config: {tc['mode']!r})")
     if event.get("mode") not in ("enforce", "shadow"):
         bad.append(f"mode {event.get('mode')!r}")

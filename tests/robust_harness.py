@@ -21,67 +21,20 @@ import orjson
 
 from detector import config as config_mod
 
+try:  # tests/ on sys.path, or the repo root
+    from daemon_harness import contract_violations
+except ImportError:  # pragma: no cover
+    from tests.daemon_harness import contract_violations
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KAFKA_SCRIPT = REPO_ROOT / "scripts" / "kafka-local.sh"
 
-EVENT_KEYS = {"event_id", "ts", "msisdn", "action", "tier", "verification", "score", "reasons", "mode", "model"}
-REASON_KEYS = {"code", "value", "typical", "text"}
 
 
 # -- events ---------------------------------------------------------------------------------------
 def event_violations(event: Any, cfg: dict) -> list[str]:
-    """What is wrong with one suspension event under the v1 contract (shared/cdr-contract.md).
-
-    Unlike daemon_harness.contract_violations this accepts `mode == "shadow"` on an enforce tier
-    (the storm breaker's doing), but never `enforce` on a shadow tier. Internal `_` keys are
-    ignored (the core's events carry them; `public()` strips them before they leave)."""
-    if not isinstance(event, dict):
-        return [f"not an object: {event!r}"]
-    pub = {k: v for k, v in event.items() if not k.startswith("_")}
-    bad = []
-    if set(pub) != EVENT_KEYS:
-        bad.append(f"fields {sorted(pub)} != {sorted(EVENT_KEYS)}")
-    if not (isinstance(pub.get("event_id"), str) and pub["event_id"]):
-        bad.append(f"event_id {pub.get('event_id')!r}")
-    ts = pub.get("ts")
-    if not (isinstance(ts, int) and not isinstance(ts, bool) and ts > 0):
-        bad.append(f"ts {ts!r}")
-    m = pub.get("msisdn")
-    if not (isinstance(m, str) and m.isascii() and m.isdigit() and 5 <= len(m) <= 15):
-        bad.append(f"msisdn {m!r}")
-    action, tier, mode = pub.get("action"), pub.get("tier"), pub.get("mode")
-    if action not in ("suspend", "escalate", "restore"):
-        bad.append(f"action {action!r}")
-    if mode not in ("enforce", "shadow"):
-        bad.append(f"mode {mode!r}")
-    if tier not in ("low", "high", "extreme"):
-        bad.append(f"tier {tier!r}")
-    else:
-        tc = cfg["tiers"][tier]
-        if pub.get("verification") != tc["verification"]:
-            bad.append(f"tier {tier} verification {pub.get('verification')!r} != {tc['verification']!r}")
-        if tc["mode"] == "shadow" and mode != "shadow":
-            bad.append(f"tier {tier} is shadow in config but the event says {mode!r}")
-    score = pub.get("score")
-    if not (isinstance(score, (int, float)) and not isinstance(score, bool) and 0.0 <= score <= 1.0):
-        bad.append(f"score {score!r}")
-    reasons = pub.get("reasons")
-    if not isinstance(reasons, list):
-        bad.append(f"reasons {reasons!r}")
-    else:
-        if action in ("suspend", "escalate") and not reasons:
-            bad.append(f"{action} without reasons")
-        for r in reasons:
-            if not (isinstance(r, dict) and REASON_KEYS <= set(r) and isinstance(r.get("code"), str) and r["code"]
-                    and isinstance(r.get("text"), str) and r["text"].strip()):
-                bad.append(f"reason {r!r}")
-    if pub.get("model") != config_mod.model_id(cfg):
-        bad.append(f"model {pub.get('model')!r} != {config_mod.model_id(cfg)!r}")
-    try:
-        orjson.dumps(pub)
-    except TypeError as exc:
-        bad.append(f"not JSON-serialisable: {exc}")
-    return bad
+    """The v1 contract check, accepting the storm breaker's shadow mode on enforce tiers."""
+    return contract_violations(event, cfg, breaker_may_shadow=True)
 
 
 def is_enforced_block(e: dict) -> bool:
