@@ -7,6 +7,7 @@ Labels are read only here, after the run: the detector never sees them.
 """
 from __future__ import annotations
 
+import bisect
 import csv
 from collections import defaultdict
 from typing import Iterable
@@ -29,21 +30,29 @@ def _median(xs: list):
     return xs[len(xs) // 2] if xs else None
 
 
-def harm_counts(cdrs_path: str, labels: dict, first: dict[str, int]) -> dict[str, int]:
-    fraud_onset = {m: v[2] for m, v in labels.items() if v[0] == "fraud"}
-    harm: dict[str, int] = defaultdict(int)
+def fraud_mo_times(cdrs_path: str, labels: dict) -> dict[str, list[int]]:
+    """Per fraud number, the sorted times of its outgoing records at or after its onset."""
+    onset = {m: v[2] for m, v in labels.items() if v[0] == "fraud"}
+    out: dict[str, list[int]] = defaultdict(list)
     for _, line in iter_lines(cdrs_path):
         if b'"MO"' not in line:
             continue
         try:
             r = orjson.loads(line)
-            m = r["msisdn"]
-            onset = fraud_onset.get(m)
-            if onset is not None and r["ts"] >= onset and (m not in first or r["ts"] < first[m]):
-                harm[m] += 1
+            o = onset.get(r["msisdn"])
+            if o is not None and r["ts"] >= o:
+                out[r["msisdn"]].append(r["ts"])
         except (orjson.JSONDecodeError, KeyError, TypeError):
             continue
-    return harm
+    for ts in out.values():
+        ts.sort()
+    return out
+
+
+def harm_counts(cdrs_path: str, labels: dict, first: dict[str, int]) -> dict[str, int]:
+    """Outgoing calls each fraud number placed between its onset and its suspension."""
+    return {m: (bisect.bisect_left(ts, first[m]) if m in first else len(ts))
+            for m, ts in fraud_mo_times(cdrs_path, labels).items()}
 
 
 def suspension_hours(events: Iterable[dict], end_ts: int) -> dict[str, float]:

@@ -164,29 +164,6 @@ def record(cfg: dict, cdrs: str, subscribers: str | None, outcomes: str | None =
 
 
 # -- quality per threshold ---------------------------------------------------------------------------
-def fraud_mo_times(cdrs: str, labels: dict) -> dict[str, list[int]]:
-    """Per fraud number, the sorted times of its MO records at or after onset — exactly the records
-    `report.harm_counts` counts as harm when they precede the suspension."""
-    from .files import iter_lines
-
-    onset = {m: v[2] for m, v in labels.items() if v[0] == "fraud"}
-    out: dict[str, list[int]] = defaultdict(list)
-    for _, line in iter_lines(cdrs):
-        if b'"MO"' not in line:
-            continue
-        try:
-            r = orjson.loads(line)
-            m = r["msisdn"]
-            o = onset.get(m)
-            if o is not None and r["ts"] >= o:
-                out[m].append(r["ts"])
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            continue
-    for ts in out.values():
-        ts.sort()
-    return out
-
-
 def _median(xs: list):
     return xs[len(xs) // 2] if xs else None  # as detector/report.py
 
@@ -395,13 +372,14 @@ def tune(cfg: dict, cdrs: str, subscribers: str | None, labels_path: str, outcom
          top: float = 0.99, step: float = 0.01, min_gap: float = 0.05,
          show_progress: bool = False) -> tuple[list[dict], Proposal, dict]:
     """Record once, sweep, propose. Returns (rows, proposal, meta)."""
+    from . import report
     from .report import load_labels
 
     if not 0.0 < floor < top <= 1.0:
         raise ValueError(f"need 0 < floor < max-threshold <= 1, got {floor} and {top}")
     traj = record(cfg, cdrs, subscribers, outcomes, floor, show_progress)
     labels = load_labels(labels_path)  # read only after the run, as the backtest report does
-    rows = sweep(traj, labels, fraud_mo_times(cdrs, labels), thresholds(floor, top, step))
+    rows = sweep(traj, labels, report.fraud_mo_times(cdrs, labels), thresholds(floor, top, step))
     proposal = propose(rows, target, high_ratio, extreme_ratio, min_gap, float(cfg["restore"]["below_score"]))
     nf = sum(1 for v in labels.values() if v[0] == "fraud")
     meta = {"cdrs": cdrs, "records": traj.records, "scored_mo_records": traj.scored, "fraud": nf,

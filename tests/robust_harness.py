@@ -19,12 +19,10 @@ from typing import Any, Callable, Iterable
 
 import orjson
 
-from detector import config as config_mod
-
 try:  # tests/ on sys.path, or the repo root
-    from daemon_harness import contract_violations
+    from daemon_harness import contract_violations, wait_until
 except ImportError:  # pragma: no cover
-    from tests.daemon_harness import contract_violations
+    from tests.daemon_harness import contract_violations, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KAFKA_SCRIPT = REPO_ROOT / "scripts" / "kafka-local.sh"
@@ -132,16 +130,6 @@ def non_loopback_ipv4() -> str | None:
     return None
 
 
-def wait_until(pred: Callable[[], Any], timeout: float, what: str, detail: Callable[[], str] | None = None,
-               interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}" + (f"\n{detail()}" if detail else ""))
-        time.sleep(interval)
 
 
 # -- an extra broker ------------------------------------------------------------------------------

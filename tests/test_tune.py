@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from detector import cli, config, tune
+from detector import cli, config, report, tune
 from detector.report import evaluate, load_labels
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,7 +89,7 @@ def test_sweep_uses_the_report_definitions(data):
     cfg = config.load(data["base"], environ={})
     traj = tune.record(cfg, data["cdrs"], data["subscribers"], None, FLOOR)
     labels = load_labels(data["labels"])
-    mo = tune.fraud_mo_times(data["cdrs"], labels)
+    mo = report.fraud_mo_times(data["cdrs"], labels)
     for t in (FLOOR, 0.05, 0.3, 0.97, 0.99):
         events = []
         for m in traj.peak:
