@@ -76,6 +76,7 @@ class Daemon(ConsumerRebalanceListener):
         self.last_fetch: dict[TopicPartition, float] = {}
         self.in_flight: list = []  # futures of everything sent since the last commit
         self._caught_cache: dict[TopicPartition, bool] = {}
+        self.end_offsets: dict[TopicPartition, int] = {}
         self.last_loop = time.monotonic()
         self.restoring = False
         self.consumer = None
@@ -145,6 +146,7 @@ class Daemon(ConsumerRebalanceListener):
                     self.metrics.batch_seconds.observe(time.perf_counter() - t0)
                 if time.monotonic() >= next_commit:
                     self.commit()
+                    self._learn_end_offsets()
                     self._refresh_gauges()
                     self._unstick()
                     next_commit = time.monotonic() + self.commit_interval
@@ -200,9 +202,22 @@ class Daemon(ConsumerRebalanceListener):
             if tp.topic != self.topics["records"]:
                 continue
             hw = self.consumer.highwater(tp)
+            if hw is None:
+                hw = self.end_offsets.get(tp)  # a quiet partition: no fetch has reported it yet
             if hw is not None:
                 out[tp] = max(0, hw - pos)
         return out
+
+    def _learn_end_offsets(self) -> None:
+        """Ask the broker for the end of record partitions whose high watermark is still unknown
+        (main thread, once per commit interval), so a quiet partition can be reported caught up."""
+        unknown = [tp for tp in self.buffers if tp.topic == self.topics["records"]
+                   and self.consumer.highwater(tp) is None]
+        if unknown:
+            try:
+                self.end_offsets.update(self.consumer.end_offsets(unknown))
+            except KafkaError:
+                pass
 
     def _unstick(self) -> None:
         """A partition with a backlog that has fetched nothing for a while is re-sought.

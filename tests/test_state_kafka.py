@@ -8,6 +8,8 @@
 """
 from __future__ import annotations
 
+import threading
+
 import orjson
 import pytest
 
@@ -18,6 +20,7 @@ except ImportError:  # pragma: no cover
     from tests.daemon_harness import DaemonProcess, KafkaSetup, diff_events, replay_inprocess, wait_until
     from tests.test_daemon_kafka import broker, daemon_slice, reference_events  # noqa: F401
 
+from detector.replay import publish
 from detector.topic_dump import read_events, read_topic
 
 pytestmark = pytest.mark.kafka
@@ -130,7 +133,7 @@ def test_kill9_midway_restores_the_same_features_as_an_uninterrupted_run(setups,
 def test_two_daemons_split_the_partitions_and_one_takes_over(setups, daemon_slice, reference_events, tmp_path):
     new_setup, new_daemon = setups
     s = new_setup()
-    replay_inprocess(s, daemon_slice["cdrs"], daemon_slice["subscribers"])
+    publish(s.kcfg, s.topics["subscribers"], str(daemon_slice["subscribers"]))
     a = new_daemon(s, tmp_path / "a.log")
     a.wait_ready(timeout=60)
     b = new_daemon(s, tmp_path / "b.log")
@@ -140,20 +143,28 @@ def test_two_daemons_split_the_partitions_and_one_takes_over(setups, daemon_slic
         pa, pb = set(ha.get("assigned", [])), set(hb.get("assigned", []))
         return (pa, pb) if pa and pb and not (pa & pb) and len(pa | pb) == 3 else None
 
-    pa, pb = wait_until(split, 90, "the two daemons to split the partitions", b.log_tail, interval=0.2)
+    wait_until(split, 90, "the two daemons to split the partitions", b.log_tail, interval=0.2)
+    # The records arrive only now, paced over ~40 s of wall time by their own timestamps, so that
+    # both daemons work on them and one can be stopped in the middle of the stream.
+    lines = daemon_slice["lines"]
+    span_s = (orjson.loads(lines[-1])["ts"] - orjson.loads(lines[0])["ts"]) / 1000
+    sender = threading.Thread(target=publish, args=(s.kcfg, s.topics["records"], str(daemon_slice["cdrs"])),
+                              kwargs={"speed": span_s / 40}, daemon=True)
+    sender.start()
 
     def both_working():
         return a.records_total()["ok"] > 0 and b.records_total()["ok"] > 0
 
     wait_until(both_working, 120, "both daemons to process records", b.log_tail, interval=0.2)
-    done_a = a.records_total()["ok"]
     stop(a)  # mid-stream: b takes a's partitions and their state
-    assert done_a < daemon_slice["records"], "a finished everything before it was stopped"
+    assert sender.is_alive(), "the replay ended before the daemon could be stopped mid-stream"
 
     def b_owns_all():
         return set((b.healthz() or {}).get("assigned", [])) == {0, 1, 2}
 
     wait_until(b_owns_all, 90, "b to take over every partition", b.log_tail, interval=0.2)
+    sender.join(timeout=180)
+    assert not sender.is_alive()
     run_to_end(b, timeout=300)
     stop(b)
 
