@@ -3,8 +3,8 @@
 
     .venv/bin/python scripts/bench.py [--json FILE] [--cpu N] core      [--records 1000000] [--profile-records 300000]
     .venv/bin/python scripts/bench.py [--json FILE] [--cpu N] backtest  [--hours 25]
-    .venv/bin/python scripts/bench.py [--json FILE]           e2e       [--records 1000000] [--live-seconds 60]
-    .venv/bin/python scripts/bench.py [--json FILE]           memory    [--numbers 1000000 10000000]
+    .venv/bin/python scripts/bench.py [--json FILE]           e2e       [--records 300000] [--live-seconds 60] [--profile-daemon]
+    .venv/bin/python scripts/bench.py [--json FILE]           memory    [--numbers 1000000 10000000] [--per-number 3]
     .venv/bin/python scripts/bench.py [--json FILE] [--cpu N] all
 
 core      records/s of the core alone on records generated and parsed into CDR tuples beforehand,
