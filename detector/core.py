@@ -9,9 +9,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import math
-from collections import deque
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from kafka.partitioner.default import murmur2
 

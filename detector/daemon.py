@@ -590,12 +590,12 @@ class Daemon(ConsumerRebalanceListener):
     def _send(self, topic: str, **kw) -> None:
         """Send, keeping the future: a commit must not pass a send the broker refused."""
         self.in_flight.append(self.producer.send(topic, **kw))
+
     def commit(self) -> None:
         """State changes → changelog, flush (events and state acknowledged), then offsets."""
         if self.producer is None or self.detector is None:
             return
         t0 = time.perf_counter()
-        n = self.detector.partitions
         for p in sorted(self.owned):
             positions = {}
             for kind in ("records", "outcomes"):

@@ -92,7 +92,6 @@ def dispatch(args) -> int:
         from .config import model_id
 
         logs.setup(args.log_level, json_lines=not args.plain_logs)
-        overrides = {}
         cfg = load_config(args)
         if args.metrics_port is not None:
             cfg["metrics"]["port"] = args.metrics_port

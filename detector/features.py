@@ -2,7 +2,7 @@
 
 Each number keeps a few decayed counters, per-call moving shares, and a short ring of recent
 contacts; nothing grows with the number's traffic. Numbers that share a handset or a cell are
-counted through `SharedIndex`, keyed by the shared thing, not by number.
+counted by `shared.Enricher`, keyed by the shared thing, not by number.
 
 Two kinds of memory, on purpose:
 - *time-decayed counts* (half-lives of an hour and a day) answer "how much, how fast";
@@ -11,7 +11,6 @@ Two kinds of memory, on purpose:
 """
 from __future__ import annotations
 
-import math
 import zlib
 from array import array
 
@@ -29,7 +28,6 @@ N_DECAYED = 5
 
 CONTACTS = 32  # recent distinct peers remembered per number
 PROVINCE_RING = 12  # provinces of the last outgoing calls
-CELL_RING = 8
 RECENT_IDS = 16  # record ids remembered per number, to drop repeated deliveries
 
 FLAG_CALLED = 1  # we called them
@@ -58,7 +56,7 @@ class NumberState:
         "first_ts", "last_ts", "n_mo", "n_mt", "n_voice",
         "decayed", "decayed_ts", "shares",
         "contacts", "contact_flags", "contact_pos",
-        "provinces", "province_pos", "cells", "cell_pos",
+        "provinces", "province_pos",
         "imei", "imei_changes", "last_pop_ts",
         # decision state, kept with the features so it moves with the number's partition
         "status", "tier", "suspended_ts", "peak_score", "cleared_score", "restores", "fraud_confirmed",
@@ -79,8 +77,6 @@ class NumberState:
         self.contact_pos = 0
         self.provinces = array("I", bytes(4 * PROVINCE_RING))
         self.province_pos = 0
-        self.cells = array("I", bytes(4 * CELL_RING))
-        self.cell_pos = 0
         self.imei = ""
         self.imei_changes = 0.0
         self.last_pop_ts = -1
@@ -107,7 +103,7 @@ class NumberState:
             "decayed": list(self.decayed), "decayed_ts": self.decayed_ts, "shares": list(self.shares),
             "contacts": list(self.contacts), "contact_flags": list(self.contact_flags),
             "contact_pos": self.contact_pos, "provinces": list(self.provinces),
-            "province_pos": self.province_pos, "cells": list(self.cells), "cell_pos": self.cell_pos,
+            "province_pos": self.province_pos,
             "imei": self.imei, "imei_changes": self.imei_changes, "last_pop_ts": self.last_pop_ts,
             "status": self.status, "tier": self.tier, "suspended_ts": self.suspended_ts, "peak_score": self.peak_score,
             "cleared_score": self.cleared_score, "restores": self.restores,
@@ -256,9 +252,6 @@ def update_mo(state: NumberState, rec: CDR, home_province: str, fc: FeatureConfi
     pos = state.province_pos
     state.provinces[pos] = _province_id(prov)
     state.province_pos = (pos + 1) % PROVINCE_RING
-    cpos = state.cell_pos
-    state.cells[cpos] = zlib.crc32(rec.cell_id.encode())
-    state.cell_pos = (cpos + 1) % CELL_RING
 
 
 def callback_share(state: NumberState) -> tuple[float, int]:
@@ -281,16 +274,7 @@ def province_spread(state: NumberState) -> float:
     return len(set(ring)) / n
 
 
-def distinct_cells(state: NumberState) -> int:
-    n = min(state.n_mo, CELL_RING)
-    return len(set(state.cells[:n])) if n else 0
-
-
 def tenure_days(profile: Profile | None, ts: int) -> float | None:
     if profile is None:
         return None
     return max(0.0, (ts - profile.activated_ts) / DAY_MS)
-
-
-def log_ratio(x: float, typical: float) -> float:
-    return math.log2((x + 1.0) / (typical + 1.0))

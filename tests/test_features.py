@@ -8,7 +8,6 @@ from conftest import DAY, HOUR, MINUTE, T0, Stream, load_cfg
 from detector import features as F
 from detector.shared import Enricher, SharedFacts
 from detector.features import (
-    CELL_RING,
     CONTACTS,
     PROVINCE_RING,
     FeatureConfig,
@@ -293,7 +292,7 @@ def test_state_size_stays_bounded_after_thousands_of_records(fc):
             assert len(value) == len(d_small[key]), key  # no container grows with traffic
         else:
             assert isinstance(value, (int, float, str, bool)), key
-    assert len(big.contacts) == CONTACTS and len(big.provinces) == PROVINCE_RING and len(big.cells) == CELL_RING
+    assert len(big.contacts) == CONTACTS and len(big.provinces) == PROVINCE_RING
     assert len(orjson.dumps(d_big)) < 4096
 
 

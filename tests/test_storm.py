@@ -96,17 +96,21 @@ def test_breaker_bound_is_configurable(broken_feed, tmp_path):
     assert counts[1] < counts[10]
 
 
-def test_rearm_lets_enforcement_resume():
-    """After an operator re-arms the breaker, new suspensions are enforced again."""
-    cfg = storm_cfg(bound=1)
-    p = Pipeline(Detector(cfg))
+def trip_breaker():
+    """Four blasting lines against a bound of one suspension a minute: the breaker trips."""
+    p = Pipeline(Detector(storm_cfg(bound=1)))
     warm_up(p.detector)
     s = Stream()
     recs = []
     for i in range(4):
         recs += s.blast(f"1380000000{i}", T0 + i * 1000, 12, gap_ms=20_000)
     recs.sort(key=lambda r: (r.ts, r.record_id))
-    ev = [e for r in recs for e in p.process(r)]
+    return p, s, [e for r in recs for e in p.process(r)]
+
+
+def test_rearm_lets_enforcement_resume():
+    """After an operator re-arms the breaker, new suspensions are enforced again."""
+    p, s, ev = trip_breaker()
     assert p.detector.breaker.tripped and any(e["mode"] == "shadow" for e in ev)
     p.detector.breaker.rearm()
     assert not p.detector.breaker.tripped
@@ -120,15 +124,7 @@ def test_rearm_lets_enforcement_resume():
                                        "an enforced `suspend` — at most an `escalate` for a line the consumer never "
                                        "suspended")
 def test_line_shadowed_during_storm_is_enforced_after_rearm():
-    cfg = storm_cfg(bound=1)
-    p = Pipeline(Detector(cfg))
-    warm_up(p.detector)
-    s = Stream()
-    recs = []
-    for i in range(4):
-        recs += s.blast(f"1380000000{i}", T0 + i * 1000, 12, gap_ms=20_000)
-    recs.sort(key=lambda r: (r.ts, r.record_id))
-    ev = [e for r in recs for e in p.process(r)]
+    p, s, ev = trip_breaker()
     shadowed = sorted({e["msisdn"] for e in ev if e.get("_breaker")} - {e["msisdn"] for e in ev if is_enforced_block(e)})
     assert shadowed, ev
     p.detector.breaker.rearm()
