@@ -16,7 +16,7 @@ from kafka.partitioner.default import murmur2
 from . import features as F
 from .config import TIER_NAMES, model_id
 from .contract import CDR, Outcome, Profile, province
-from .features import FeatureConfig, NumberState
+from .features import FeatureConfig, NumberState, NumberStore
 from .model import RiskModel
 from .reasons import describe, restore_reason
 from .shared import NO_FACTS, Enricher, SharedFacts
@@ -56,7 +56,7 @@ class Engine:
         self.cleared_memory_ms = int(float(rc.get("cleared_memory_days", 30)) * F.DAY_MS)
         self.idle_expiry_ms = int(float(cfg["state"]["idle_expiry_days"]) * F.DAY_MS)
 
-        self.numbers: dict[str, NumberState] = {}
+        self.numbers = NumberStore()
         self.profiles: dict[str, Profile] = {}
         self.dirty: set[str] = set()  # numbers changed since the state was last persisted
         self.clock = 0  # largest event time seen
@@ -195,9 +195,9 @@ class Engine:
     # -- helpers -----------------------------------------------------------------------------
     def suspended_by_tier(self) -> dict[str, int]:
         out: dict[str, int] = {}
-        for st in self.numbers.values():
-            if st.status:
-                name = self.tiers[st.tier].name
+        for _, _, status, tier in self.numbers.scan():
+            if status:
+                name = self.tiers[tier].name
                 out[name] = out.get(name, 0) + 1
         return out
 
@@ -251,7 +251,7 @@ class Engine:
         """Forget numbers idle past the expiry, hourly in event time."""
         self.next_sweep = now + F.HOUR_MS
         horizon = now - self.idle_expiry_ms
-        for msisdn in [m for m, s in self.numbers.items() if s.last_ts < horizon and not s.status]:
+        for msisdn in [m for m, last_ts, status, _ in self.numbers.scan() if last_ts < horizon and not status]:
             del self.numbers[msisdn]
             if self.track_changes:
                 self.dirty.add(msisdn)  # persisted as a tombstone
@@ -364,6 +364,7 @@ class Detector:
         """`offset` is the record's input offset when it has one: a record at or below the offset
         a number's state already holds (replayed after a crash) is skipped, not applied twice."""
         eng = self.engine(rec.msisdn)
+        eng.numbers.maybe_settle()  # at a record boundary: no state is in use
         st = eng.numbers.get(rec.msisdn)
         self.last_score = None
         if st is not None:
@@ -376,6 +377,8 @@ class Detector:
                 self.last_result = "late"
                 if offset >= 0:  # the daemon dead-letters it once, not again after a restart
                     st.applied_offset = offset
+                    if eng.track_changes:
+                        eng.dirty.add(rec.msisdn)
                 return []
             if F.seen_before(st, rec.record_id):
                 eng.duplicates += 1  # a repeat must not count twice on the shared indexes either

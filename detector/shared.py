@@ -58,8 +58,32 @@ def _set_bit(entry: list, i: int, b: int) -> None:
     entry[i] |= 1 << (b - base)
 
 
+_M32 = (1 << 32) - 1
+
+
+def _hs_pack(base: int, mask: int) -> int:
+    """A handset pair as one int: the base bucket in the low 32 bits, the mask above."""
+    return base | (mask << 32)
+
+
+def _hs_set_bit(p: int | None, b: int) -> int:
+    if p is None:
+        return _hs_pack(b, 1)
+    base, mask = p & _M32, p >> 32
+    if b < base:  # a late record: rebase
+        mask <<= base - b
+        base = b
+    return _hs_pack(base, mask | (1 << (b - base)))
+
+
 class Enricher:
-    """Handset and cell facts as of the start of each record's time bucket."""
+    """Handset and cell facts as of the start of each record's time bucket.
+
+    Memory, per line: a handset with one line (the usual case) is held as a (msisdn, packed) tuple,
+    not a dict of one; a handset pair's buckets are one int. Cells hold a dict of lines each, and
+    remember per cell how many lines looked like a bypass as of one bucket, so the answer for the
+    next record in that cell and bucket is not recounted over every line (it is dropped whenever
+    an observation or a merge could change it)."""
 
     def __init__(self, cfg: dict, track_changes: bool = False):
         fc = cfg["features"]
@@ -69,8 +93,10 @@ class Enricher:
         self.min_buckets = int(fc.get("bypass_min_calls", 3))
         lateness = int(float(cfg["state"].get("allowed_lateness_minutes", 60)) * 60_000) // self.bucket_ms
         self.keep = max(self.handset_window, self.cell_window) + lateness + 1
-        self.handsets: dict[str, dict[str, list]] = {}  # imei → msisdn → [base, mask]
+        # imei → (msisdn, packed) for one line, {msisdn: packed} for several
+        self.handsets: dict[str, tuple[str, int] | dict[str, int]] = {}
         self.cells: dict[str, dict[str, list]] = {}  # cell → msisdn → [base, mo_mask, mt_mask]
+        self._bypass_count: dict[str, tuple[int, int]] = {}  # cell → (bucket, bypass-like lines then)
         self.track_changes = track_changes
         self.changed: set[tuple[str, str, str]] = set()  # ("h"|"c", key, msisdn) to publish
         self.next_sweep = 0
@@ -82,34 +108,61 @@ class Enricher:
         if rec.ts >= self.next_sweep:
             self.next_sweep = rec.ts + 6 * HOUR_MS
             self.sweep(q)
-        self.observe(rec, q)
-        return SharedFacts(self.handset_lines(rec.imei, rec.msisdn, q) if real_imei(rec.imei) else 0,
+        real = real_imei(rec.imei)
+        self.observe(rec, q, real)
+        return SharedFacts(self.handset_lines(rec.imei, rec.msisdn, q) if real else 0,
                            self.cell_lines(rec.cell_id, rec.msisdn, q))
 
-    def observe(self, rec: CDR, q: int) -> None:
-        if real_imei(rec.imei):
-            lines = self.handsets.setdefault(rec.imei, {})
-            e = lines.get(rec.msisdn)
-            if e is None:
-                lines[rec.msisdn] = [q, 1]
-            else:
-                _set_bit(e, 1, q)
+    def observe(self, rec: CDR, q: int, real: bool | None = None) -> None:
+        if real is None:
+            real = real_imei(rec.imei)
+        if real:
+            self._hs_put(rec.imei, rec.msisdn, _hs_set_bit(self._hs_get(rec.imei, rec.msisdn), q))
             if self.track_changes:
                 self.changed.add(("h", rec.imei, rec.msisdn))
-        lines = self.cells.setdefault(rec.cell_id, {})
+        lines = self.cells.get(rec.cell_id)
+        if lines is None:
+            lines = self.cells[rec.cell_id] = {}
         e = lines.get(rec.msisdn)
         if e is None:
             e = lines[rec.msisdn] = [q, 0, 0]
         _set_bit(e, 1 if rec.direction == "MO" else 2, q)
+        cached = self._bypass_count.get(rec.cell_id)
+        if cached is not None and q < cached[0]:  # a late record: inside some cached window
+            del self._bypass_count[rec.cell_id]
         if self.track_changes:
             self.changed.add(("c", rec.cell_id, rec.msisdn))
 
+    # handsets: one line as a tuple, several as a dict
+    def _hs_get(self, imei: str, msisdn: str) -> int | None:
+        v = self.handsets.get(imei)
+        if v is None:
+            return None
+        if type(v) is tuple:
+            return v[1] if v[0] == msisdn else None
+        return v.get(msisdn)
+
+    def _hs_put(self, imei: str, msisdn: str, packed: int) -> None:
+        v = self.handsets.get(imei)
+        if v is None or (type(v) is tuple and v[0] == msisdn):
+            self.handsets[imei] = (msisdn, packed)
+        elif type(v) is tuple:
+            self.handsets[imei] = {v[0]: v[1], msisdn: packed}
+        else:
+            v[msisdn] = packed
+
+    def _hs_lines(self, imei: str) -> dict[str, int]:
+        v = self.handsets.get(imei)
+        if v is None:
+            return {}
+        return {v[0]: v[1]} if type(v) is tuple else v
+
     def handset_lines(self, imei: str, msisdn: str, q: int) -> int:
-        lines = self.handsets.get(imei)
-        if not lines or len(lines) == 1:
+        v = self.handsets.get(imei)
+        if v is None or type(v) is tuple:
             return 0
         lo = q - self.handset_window
-        return sum(1 for m, e in lines.items() if m != msisdn and _window_bits(e[0], e[1], lo, q))
+        return sum(1 for m, p in v.items() if m != msisdn and _window_bits(p & _M32, p >> 32, lo, q))
 
     def cell_lines(self, cell: str, msisdn: str, q: int) -> int:
         lines = self.cells.get(cell)
@@ -119,7 +172,12 @@ class Enricher:
         me = lines.get(msisdn)
         if me is None or not self._bypass_like(me, lo, q):
             return 0
-        return sum(1 for m, e in lines.items() if m != msisdn and self._bypass_like(e, lo, q))
+        cached = self._bypass_count.get(cell)
+        if cached is not None and cached[0] == q:
+            return cached[1] - 1
+        count = sum(1 for e in lines.values() if self._bypass_like(e, lo, q))
+        self._bypass_count[cell] = (q, count)
+        return count - 1
 
     def _bypass_like(self, e: list, lo: int, q: int) -> bool:
         """Outgoing activity in several buckets of the window and nothing incoming."""
@@ -131,30 +189,54 @@ class Enricher:
     def sweep(self, q: int) -> None:
         """Drop buckets no query can reach any more; a pair with none left is removed."""
         horizon = q - self.keep
-        for kind, table in (("h", self.handsets), ("c", self.cells)):
-            for key in list(table):
-                lines = table[key]
-                for m in list(lines):
-                    e = lines[m]
-                    if e[0] < horizon:
-                        shift = horizon - e[0]
-                        for k in range(1, len(e)):
-                            e[k] >>= shift
-                        e[0] = horizon
-                        if not any(e[1:]):
-                            del lines[m]
-                        if self.track_changes:
-                            self.changed.add((kind, key, m))
-                if not lines:
-                    del table[key]
+        self._bypass_count.clear()
+        for imei in list(self.handsets):
+            lines = self._hs_lines(imei)
+            kept = {}
+            for m, p in lines.items():
+                base = p & _M32
+                if base < horizon:
+                    mask = (p >> 32) >> (horizon - base)
+                    if self.track_changes:
+                        self.changed.add(("h", imei, m))
+                    if not mask:
+                        continue
+                    p = _hs_pack(horizon, mask)
+                kept[m] = p
+            if not kept:
+                del self.handsets[imei]
+            elif len(kept) == 1:
+                self.handsets[imei] = next(iter(kept.items()))
+            else:
+                self.handsets[imei] = kept
+        for key in list(self.cells):
+            lines = self.cells[key]
+            for m in list(lines):
+                e = lines[m]
+                if e[0] < horizon:
+                    shift = horizon - e[0]
+                    for k in range(1, len(e)):
+                        e[k] >>= shift
+                    e[0] = horizon
+                    if not any(e[1:]):
+                        del lines[m]
+                    if self.track_changes:
+                        self.changed.add(("c", key, m))
+            if not lines:
+                del self.cells[key]
 
     # -- distribution: one compacted record per (thing, line) ----------------------------------
     def drain_changes(self) -> list[tuple[str, str, str, list | None]]:
-        """(kind, key, msisdn, entry or None) for every pair changed since the last call."""
+        """(kind, key, msisdn, entry or None) for every pair changed since the last call;
+        an entry is [base, mask] for a handset and [base, mo_mask, mt_mask] for a cell."""
         out = []
         for kind, key, m in sorted(self.changed):
-            table = self.handsets if kind == "h" else self.cells
-            out.append((kind, key, m, table.get(key, {}).get(m)))
+            if kind == "h":
+                p = self._hs_get(key, m)
+                entry = None if p is None else [p & _M32, p >> 32]
+            else:
+                entry = self.cells.get(key, {}).get(m)
+            out.append((kind, key, m, entry))
         self.changed.clear()
         return out
 
@@ -162,13 +244,22 @@ class Enricher:
         """OR another writer's view of a pair into ours (idempotent, order-free)."""
         if entry is None:
             return  # expiry is deterministic: our own sweep drops the same buckets
-        table = self.handsets if kind == "h" else self.cells
-        lines = table.setdefault(key, {})
-        mine = lines.get(msisdn)
-        if mine is None:
-            lines[msisdn] = list(entry)
-            return
+        if kind == "h":
+            mine = self._hs_get(key, msisdn)
+            if mine is None:
+                self._hs_put(key, msisdn, _hs_pack(entry[0], entry[1]))
+                return
+            mine = [mine & _M32, mine >> 32]
+        else:
+            self._bypass_count.pop(key, None)
+            lines = self.cells.setdefault(key, {})
+            mine = lines.get(msisdn)
+            if mine is None:
+                lines[msisdn] = list(entry)
+                return
         base = min(mine[0], entry[0])
         for i in range(1, len(mine)):
             mine[i] = (mine[i] << (mine[0] - base)) | (entry[i] << (entry[0] - base))
         mine[0] = base
+        if kind == "h":
+            self._hs_put(key, msisdn, _hs_pack(mine[0], mine[1]))

@@ -1,14 +1,15 @@
 """Detector state as changelog records: what is persisted, under which key, in which format.
 
 Keys (UTF-8) in the compacted changelog topic, partitioned like the input:
-- `n:<msisdn>` — one number's state (a tombstone when the number expires);
+- `n:<msisdn>` — one number's state, packed (`NumberState.pack`, binary, version byte first; a
+  version-1 JSON value is still read), a tombstone when the number expires;
 - `m:<partition>` — the partition engine's own state: the model, its clocks, and the input
   positions the state reflects (so a restore replays only the gap).
 Keys in the compacted shared topic (cross-number facts, read by every process):
 - `h|<imei>|<msisdn>` / `c|<cell>|<msisdn>` — the time buckets a line was seen on a handset / cell,
   in the partition of the line's number (one writer per key);
 - `w|<partition>` — that partition's watermark: every pair from records before it is published.
-Every value is JSON with a format version `v`; an unknown version is refused, not guessed at.
+Every other value is JSON with a format version `v`; an unknown version is refused, not guessed at.
 """
 from __future__ import annotations
 
@@ -47,8 +48,7 @@ def drain_changes(detector: Detector, partition: int, positions: dict[str, int])
         return []
     out: list[tuple[bytes, bytes | None]] = []
     for msisdn in sorted(eng.dirty):
-        st = eng.numbers.get(msisdn)
-        out.append((f"n:{msisdn}".encode(), encode(st.to_dict()) if st is not None else None))
+        out.append((f"n:{msisdn}".encode(), eng.numbers.packed(msisdn)))
     eng.dirty.clear()
     meta = engine_meta(eng, positions)
     meta["breaker"] = detector.breaker.to_dict()
@@ -74,6 +74,9 @@ def apply_change(detector: Detector, partition: int, key: bytes, value: bytes | 
     """Fold one changelog record into the state; returns input positions for a meta record."""
     k = key.decode()
     kind, _, name = k.partition(":")
+    if kind == "n" and value is not None and not value.startswith(b"{"):
+        detector.engine(name).numbers.put_packed(name, value)
+        return None
     obj = orjson.loads(value) if value is not None else None
     if obj is not None and obj.get("v") != STATE_VERSION:
         raise ValueError(f"changelog {k}: unknown state version {obj.get('v')!r}")

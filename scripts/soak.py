@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Soak run: a generated CDR stream replayed at maximum rate through the local Kafka broker into a
+"""Soak run: a generated CDR stream replayed at maximum rate (or `--rate`) through the local Kafka broker into a
 running daemon, for a while, watching the daemon's memory and lag.
 
     scripts/soak.py [--seconds 600] [--bootstrap 127.0.0.1:9092] [--subscribers 3000] [--hours 24]
-                    [--every 10] [--max-backlog 300000] [--json OUT.json] [--keep-topics]
+                    [--every 10] [--max-backlog 300000] [--rate R] [--json OUT.json] [--keep-topics]
 
 A dataset is generated once (`detector.generator`, like `cdr-detector generate`) and replayed in
 loops: each loop shifts every timestamp past the previous loop and suffixes the record ids, so the
@@ -106,9 +106,10 @@ def slope(xs: list[float], ys: list[float]) -> float:
 class Replayer(threading.Thread):
     """Sends the dataset in loops, shifted in time, as fast as the producer takes it."""
 
-    def __init__(self, kcfg: dict, topic: str, cdrs: Path, backlog, max_backlog: int):
+    def __init__(self, kcfg: dict, topic: str, cdrs: Path, backlog, max_backlog: int, rate: float = 0.0):
         super().__init__(name="replayer", daemon=True)
         self.kcfg, self.topic, self.backlog, self.max_backlog = kcfg, topic, backlog, max_backlog
+        self.rate = rate  # records/s; 0: as fast as the producer takes them
         self.stop = threading.Event()
         self.sent = 0
         self.loops = 0
@@ -123,6 +124,7 @@ class Replayer(threading.Thread):
 
     def run(self) -> None:
         producer = kafka_io.producer(self.kcfg)
+        started = time.monotonic()
         try:
             while not self.stop.is_set():
                 shift = self.loops * self.span
@@ -131,6 +133,10 @@ class Replayer(threading.Thread):
                     if i % 1000 == 0:
                         if self.stop.is_set():
                             break
+                        if self.rate:  # paced: sleep until this record's turn
+                            ahead = self.sent / self.rate - (time.monotonic() - started)
+                            if ahead > 0:
+                                time.sleep(ahead)
                         while self.max_backlog and self.backlog() > self.max_backlog and not self.stop.is_set():
                             time.sleep(0.2)
                             self.throttled_s += 0.2
@@ -156,6 +162,8 @@ def main() -> int:
     ap.add_argument("--every", type=float, default=10.0, help="seconds between samples")
     ap.add_argument("--max-backlog", type=int, default=300_000,
                     help="pause the producer while the daemon is this many records behind (0: never)")
+    ap.add_argument("--rate", type=float, default=0.0,
+                    help="records/s the producer offers (0: as fast as it can)")
     ap.add_argument("--json", metavar="FILE", help="write samples and verdict here")
     ap.add_argument("--keep-topics", action="store_true")
     a = ap.parse_args()
@@ -197,7 +205,13 @@ def main() -> int:
     def backlog() -> int:  # what the producer has handed over and the daemon not yet processed
         return replayer.sent - state["ok"]
 
-    replayer = Replayer(kcfg, topics["records"], work / "data" / "cdrs.jsonl.gz", backlog, a.max_backlog)
+    replayer = Replayer(kcfg, topics["records"], work / "data" / "cdrs.jsonl.gz", backlog, a.max_backlog, a.rate)
+    fc, sc = cfg["features"], cfg["state"]
+    a.warm_hours = (max(float(fc["shared_window_hours"]), float(fc.get("cell_window_hours", 24)))
+                    + float(sc["allowed_lateness_minutes"]) / 60 + 6)  # + the Enricher's sweep interval
+    a.warm_records = int(a.warm_hours * 3_600_000 / replayer.span * len(replayer.records))
+    print(f"soak: {len(replayer.records):,} records per loop over {replayer.span / 3_600_000:.1f} h of event time; "
+          f"warm-up {a.warm_hours:g} h = {a.warm_records:,} records", flush=True)
     samples = []
     rc = 0
     ends = None
@@ -302,7 +316,14 @@ def judge(samples: list[dict], a) -> dict:
     rows = [s for s in samples if s["rss_mb"] is not None]
     if len(rows) < 3:
         return {"lines": ["verdict: too few samples"], "memory": None, "lag": None}
-    warm = [s for s in rows if s["t"] >= min(60.0, 0.2 * a.seconds)] or rows
+    # Warm-up is in event time: state keeps growing until the stream has covered the longest window
+    # anything is kept for (the 72 h handset window, lateness, one sweep interval). After that the
+    # same subscribers only replace what they had, so memory must stay flat.
+    warm = [s for s in rows if s["processed"] >= a.warm_records]
+    if len(warm) < max(3, len(rows) // 3):
+        return {"lines": [f"verdict: not warmed up — only {len(warm)} of {len(rows)} samples came after "
+                          f"{a.warm_records:,} records ({a.warm_hours:g} h of event time); run longer or faster"],
+                "memory": None, "lag": None}
     t_min = [s["t"] / 60 for s in warm]
     mem_slope = slope(t_min, [s["rss_mb"] for s in warm])  # MB per minute
     rss0, rss1, rss_max = warm[0]["rss_mb"], warm[-1]["rss_mb"], max(s["rss_mb"] for s in rows)
@@ -325,12 +346,15 @@ def judge(samples: list[dict], a) -> dict:
     else:
         lag_verdict = "falling behind (lag growing)"
     lines = [
+        f"warm-up: {a.warm_hours:g} h of event time = {a.warm_records:,} records, reached at t={warm[0]['t']:.0f} s; "
+        f"judged on the {len(warm)} samples after it",
         f"memory: RSS {rss0:.1f} → {rss1:.1f} MB after warm-up (max {rss_max:.1f}), slope {mem_slope:+.2f} MB/min "
         f"→ {'stable' if mem_ok else 'GROWING'}",
         f"lag: final {final_lag}, slope over the second half {lag_slope:+,.0f} records/min → {lag_verdict}",
         f"throughput: daemon {throughput:,.0f} records/s processed; producer {produced_rate:,.0f} records/s sent",
     ]
-    return {"lines": lines, "memory": {"slope_mb_per_min": round(mem_slope, 3), "rss_start": rss0, "rss_end": rss1,
+    return {"lines": lines, "warm_up": {"hours": a.warm_hours, "records": a.warm_records, "reached_at_s": warm[0]["t"]},
+            "memory": {"slope_mb_per_min": round(mem_slope, 3), "rss_start": rss0, "rss_end": rss1,
                                        "rss_max": rss_max, "stable": mem_ok},
             "lag": {"final": final_lag, "slope_per_min": round(lag_slope), "verdict": lag_verdict},
             "throughput_rps": round(throughput), "producer_rps": round(produced_rate)}

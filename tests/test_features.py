@@ -297,29 +297,91 @@ def test_state_size_stays_bounded_after_thousands_of_records(fc):
 
 
 # -- snapshots -----------------------------------------------------------------------------------------
-def test_to_dict_from_dict_round_trips_exactly(fc):
+def _suspended_busy_state(fc):
     st = _busy_state(fc, 137)
     st.status, st.tier, st.suspended_ts, st.peak_score = 1, 1, T0 + 5 * HOUR, 0.8731
     st.cleared_score, st.restores, st.fraud_confirmed, st.below_since = 0.61, 2, True, T0 + 6 * HOUR
+    st.applied_offset = 2**40 + 3
+    return st
+
+
+def _next_record(st):
+    return Stream("z").rec(msisdn=ME, ts=st.last_ts + HOUR, peer="13999999999", peer_region="HEN",
+                           answered=False, duration_s=0)
+
+
+def test_to_dict_from_dict_round_trips_exactly(fc):
+    st = _suspended_busy_state(fc)
     d = st.to_dict()
-    assert d["v"] == 1
+    assert d["v"] == F.PACK_VERSION
     assert set(d) == set(NumberState.__slots__) | {"v"}
     back = NumberState.from_dict(d)
     assert back.to_dict() == d
-    via_json = NumberState.from_dict(orjson.loads(orjson.dumps(d)))  # as stored in a changelog
+    via_json = NumberState.from_dict(orjson.loads(orjson.dumps(d)))
     assert orjson.dumps(via_json.to_dict()) == orjson.dumps(d)
     for name in NumberState.__slots__:
         assert type(getattr(via_json, name)) is type(getattr(st, name)), name
     # and the restored state evolves exactly like the original
-    s = Stream("z")
-    nxt = s.rec(msisdn=ME, ts=st.last_ts + HOUR, peer="13999999999", peer_region="HEN", answered=False,
-                duration_s=0)
+    nxt = _next_record(st)
     update_mo(st, nxt, HOME_PROVINCE, fc)
     update_mo(via_json, nxt, HOME_PROVINCE, fc)
     assert via_json.to_dict() == st.to_dict()
 
 
-@pytest.mark.parametrize("version", [2, 0, None, "1"])
+def test_pack_unpack_round_trips_exactly_and_is_small(fc):
+    st = _suspended_busy_state(fc)
+    st.tier = -1  # signed
+    blob = st.pack()
+    assert len(blob) == F.PACKED_SIZE < 600 and blob[0] == F.PACK_VERSION
+    back = NumberState.unpack(blob)
+    assert back.to_dict() == st.to_dict()
+    for name in NumberState.__slots__:
+        assert type(getattr(back, name)) is type(getattr(st, name)), name
+    assert back.pack() == blob
+    assert F.packed_last_ts(blob) == st.last_ts and F.packed_status_tier(blob) == (1, -1)
+    nxt = _next_record(st)
+    update_mo(st, nxt, HOME_PROVINCE, fc)
+    update_mo(back, nxt, HOME_PROVINCE, fc)
+    assert back.to_dict() == st.to_dict()
+
+
+@pytest.mark.parametrize("blob", [b"", b"\x01" + bytes(F.PACKED_SIZE - 1), bytes(F.PACKED_SIZE + 1)])
+def test_unpack_rejects_unknown_version_or_size(blob):
+    with pytest.raises(ValueError, match="version"):
+        NumberState.unpack(blob)
+
+
+def test_version_1_json_state_is_still_read(fc):
+    """Changelogs written before the packed format hold JSON v1 values with the IMEI itself."""
+    st = _suspended_busy_state(fc)
+    v1 = st.to_dict() | {"v": 1, "imei": "356000000000001"}
+    del v1["imei_hash"]
+    back = NumberState.from_dict(v1)
+    assert back.imei_hash == F.hash64("356000000000001")
+    assert {k: v for k, v in back.to_dict().items() if k != "imei_hash"} == {
+        k: v for k, v in st.to_dict().items() if k != "imei_hash"}
+
+
+def test_number_store_holds_states_packed_and_settles_losslessly(fc):
+    store = F.NumberStore(hot_max=2)
+    a, b = _suspended_busy_state(fc), _busy_state(fc, 20)
+    store["a"], store["b"] = a, b
+    assert len(store) == 2 and "a" in store and "c" not in store
+    want_a = a.to_dict()
+    store.settle()
+    assert not store.hot and set(store.cold) == {"a", "b"}
+    got = store.get("a")
+    assert got is not a and got.to_dict() == want_a and "a" in store.hot
+    got.n_mo += 1  # changed in place while hot ...
+    store.settle()  # ... and kept when packed
+    assert store["a"].n_mo == want_a["n_mo"] + 1
+    assert sorted((m, s) for m, _, s, _ in store.scan()) == [("a", 1), ("b", 0)]
+    assert store.pop("b").to_dict() == b.to_dict() and len(store) == 1
+    del store["a"]
+    assert len(store) == 0 and store.get("a") is None
+
+
+@pytest.mark.parametrize("version", [3, 0, None, "2"])
 def test_from_dict_rejects_unknown_version(fc, version):
     d = NumberState(T0).to_dict()
     if version is None:
