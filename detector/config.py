@@ -104,6 +104,9 @@ def validate(cfg: dict) -> None:
             raise ConfigError(f"tiers.{name}.mode must be enforce or shadow")
     if not 0.0 <= cfg["restore"]["below_score"] < tiers["low"]["threshold"]:
         raise ConfigError("restore.below_score must be below tiers.low.threshold")
+    backend = cfg.get("kafka", {}).get("producer_backend", "kafka-python")
+    if backend not in ("kafka-python", "confluent"):
+        raise ConfigError(f"kafka.producer_backend must be kafka-python or confluent, got {backend!r}")
 
 
 def model_id(cfg: dict) -> str:

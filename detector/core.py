@@ -64,16 +64,19 @@ class Engine:
         self.next_sweep = 0
         self.last_score: float | None = None
         self.duplicates = 0
+        self._suspended = [0] * len(self.tiers)  # lines suspended now, by tier, kept as decisions happen
+        self.suspended_stale = False  # set when states are loaded from outside (a restore): recount
 
     # -- inputs ------------------------------------------------------------------------------
     def on_profile(self, profile: Profile) -> None:
         self.profiles[profile.msisdn] = profile
 
-    def on_record(self, rec: CDR, facts: "SharedFacts" = None) -> list[dict]:
+    def on_record(self, rec: CDR, facts: "SharedFacts" = None, st: NumberState | None = None) -> list[dict]:
         """Fold one CDR into the state; return the suspension events it causes (usually none).
 
         `facts` are what other numbers' records say about this one (lines sharing its handset or
-        its cell), computed by `Enricher` — in-process here, or behind a repartition topic.
+        its cell), computed by `Enricher` — in-process here, or behind a repartition topic. `st` is
+        the number's state when the caller has already taken it from `numbers`.
         """
         self.last_score = None
         if rec.ts > self.clock:
@@ -83,7 +86,8 @@ class Engine:
             if rec.ts >= self.next_sweep:
                 self._sweep(rec.ts)
 
-        st = self.numbers.get(rec.msisdn)
+        if st is None:
+            st = self.numbers.get(rec.msisdn)
         if st is None:
             st = self.numbers[rec.msisdn] = NumberState(rec.ts)
         if self.track_changes:
@@ -127,6 +131,7 @@ class Engine:
         resuspension = st.restores > 0
         st.status = 1
         st.tier = tier
+        self._suspended[tier] += 1
         st.suspended_ts = rec.ts
         st.below_since = 0
         st.peak_score = score
@@ -163,7 +168,9 @@ class Engine:
             st.peak_score = score
         nxt = st.tier + 1
         if rec.direction == "MO" and nxt < len(self.tiers) and score >= self.tiers[nxt].threshold + self.escalate_margin:
+            self._suspended[st.tier] -= 1
             st.tier = self._tier_of(score - self.escalate_margin)
+            self._suspended[st.tier] += 1
             st.below_since = 0
             return [self._event("escalate", rec, st.tier, score, self._reasons(ev, raw))]
         if not (self.restore_enabled and self.tiers[st.tier].auto_restore and not st.fraud_confirmed):
@@ -188,18 +195,26 @@ class Engine:
         event["_cause"] = cause
         event["_suspended_ms"] = ts - st.suspended_ts
         st.status = 0
+        self._suspended[st.tier] -= 1
         st.restores += 1
         st.below_since = 0
         return event
 
     # -- helpers -----------------------------------------------------------------------------
     def suspended_by_tier(self) -> dict[str, int]:
-        out: dict[str, int] = {}
+        """Lines suspended now, by tier name (counted as decisions happen, not by a scan)."""
+        if self.suspended_stale:
+            self._suspended = self.count_suspended()
+            self.suspended_stale = False
+        return {t.name: n for t, n in zip(self.tiers, self._suspended) if n}
+
+    def count_suspended(self) -> list[int]:
+        """By a scan over every number's packed state: the check on `suspended_by_tier`."""
+        counts = [0] * len(self.tiers)
         for _, _, status, tier in self.numbers.scan():
             if status:
-                name = self.tiers[tier].name
-                out[name] = out.get(name, 0) + 1
-        return out
+                counts[tier] += 1
+        return counts
 
     def _score(self, st: NumberState, ev: dict) -> float:
         score = self.model.score(ev)
@@ -346,12 +361,16 @@ class Detector:
         self.lateness_ms = int(float(cfg["state"].get("allowed_lateness_minutes", 60)) * 60_000)
         self.breaker = StormBreaker(cfg.get("storm", {}))
 
-    def engine(self, msisdn: str) -> Engine:
+    def partition(self, msisdn: str) -> int:
         p = self._partition.get(msisdn)
         if p is None:
             if len(self._partition) > 1_000_000:
                 self._partition.clear()
             p = self._partition[msisdn] = partition_of(msisdn, self.partitions) if self.partitions > 1 else 0
+        return p
+
+    def engine(self, msisdn: str) -> Engine:
+        p = self.partition(msisdn)
         eng = self.engines.get(p)
         if eng is None:
             eng = self.engines[p] = Engine(self.cfg, self.track_changes)
@@ -387,10 +406,11 @@ class Detector:
         self.last_result = "ok"
         if facts is None:
             facts = self.enricher.facts(rec)
-        events = eng.on_record(rec, facts)
+        events = eng.on_record(rec, facts, st)
         if events:
             events = self.breaker.filter(events)
-        st = eng.numbers[rec.msisdn]
+        if st is None:
+            st = eng.numbers[rec.msisdn]
         if st.n_mo + st.n_mt == 1:
             F.seen_before(st, rec.record_id)
         if offset >= 0:

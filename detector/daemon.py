@@ -26,7 +26,7 @@ from kafka.structs import OffsetAndMetadata
 
 from . import kafka_io, state
 from .contract import CDR, InvalidRecord, Outcome, parse_cdr, parse_outcome
-from .core import Detector, partition_of, public
+from .core import Detector, public
 from .logs import mask, mask_text
 from .metrics import Metrics, serve
 from .pipeline import Pipeline
@@ -72,6 +72,11 @@ class Daemon(ConsumerRebalanceListener):
         self.remote_wm: dict[int, int] = {}  # partition → watermark published by its owner
         self.shared_wait_ms = int(self.k.get("max_shared_wait_ms", 60_000))
         self.shared_waiting_since: float | None = None
+        # Shared-facts partitions of input partitions we own carry only what we wrote ourselves,
+        # once the previous owner's last writes are read: those are paused, not read back.
+        self.shared_catchup: dict[int, int] = {}  # owned partition → offset to read up to, then pause
+        self.shared_paused: set[int] = set()
+        self.shared_resume: set[int] = set()  # no longer owned (set on the network thread): resume
         self.gated = False  # the next record waits for another owner's shared facts
         self.last_fetch: dict[TopicPartition, float] = {}
         self.in_flight: list = []  # futures of everything sent since the last commit
@@ -279,6 +284,7 @@ class Daemon(ConsumerRebalanceListener):
             self.persisted_positions.pop(p, None)
             self.published_wm.pop(p, None)
             self.last_ts.pop(p, None)
+            self.shared_resume.add(p)
         log.info("partitions revoked", extra={"partitions": sorted({tp.partition for tp in tps})})
 
     def _take_assignment(self) -> None:
@@ -289,6 +295,10 @@ class Daemon(ConsumerRebalanceListener):
         self.owned |= {tp.partition for tp in added}
         positions = self._restore(new) if new else {}
         self._assign_profiles(new)
+        if new and self.shared is not None:
+            stps = [TopicPartition(self.topics["shared"], p) for p in new]
+            for tp, end in self.shared.end_offsets(stps).items():
+                self.shared_catchup[tp.partition] = end
         fetch_committed = [tp for tp in added
                            if positions.get(tp.partition, {}).get(self._kind(tp)) is None]
         committed = {}
@@ -386,9 +396,31 @@ class Daemon(ConsumerRebalanceListener):
             n += self._poll_shared(500)
         log.info("shared facts loaded", extra={"records": n, "seconds": round(time.perf_counter() - t0, 3)})
 
+    def _pause_own_shared(self) -> None:
+        """Pause the shared partitions we own once read up to their end at takeover; resume the
+        ones no longer ours (a manually assigned consumer: no rebalance can lose the pause)."""
+        for p in list(self.shared_resume):
+            self.shared_resume.discard(p)
+            if p in self.owned:
+                continue
+            self.shared_catchup.pop(p, None)
+            if p in self.shared_paused:
+                self.shared.resume(TopicPartition(self.topics["shared"], p))
+                self.shared_paused.discard(p)
+        for p, end in list(self.shared_catchup.items()):
+            tp = TopicPartition(self.topics["shared"], p)
+            if p not in self.owned:
+                del self.shared_catchup[p]
+            elif self.shared.position(tp) >= end:
+                self.shared.pause(tp)
+                self.shared_paused.add(p)
+                del self.shared_catchup[p]
+
     def _poll_shared(self, timeout_ms: int) -> int:
         n = 0
         enricher = self.detector.enricher
+        if self.shared_resume or self.shared_catchup:
+            self._pause_own_shared()
         for tp, msgs in self.shared.poll(timeout_ms=timeout_ms, max_records=10000).items():
             for msg in msgs:
                 n += 1
@@ -439,9 +471,8 @@ class Daemon(ConsumerRebalanceListener):
         return self.last_ts.get(p)
 
     def _publish_shared(self) -> None:
-        n = self.detector.partitions
         for kind, thing, msisdn, entry in self.detector.enricher.drain_changes():
-            p = partition_of(msisdn, n)
+            p = self.detector.partition(msisdn)
             if p in self.owned:
                 self._send(self.topics["shared"], key=f"{kind}|{thing}|{msisdn}".encode(),
                                    value=state.encode_pair(entry), partition=p)

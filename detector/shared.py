@@ -116,17 +116,25 @@ class Enricher:
     def observe(self, rec: CDR, q: int, real: bool | None = None) -> None:
         if real is None:
             real = real_imei(rec.imei)
+        # Only a pair whose buckets actually change is published again: a busy line's further
+        # records in the same bucket and cell add nothing.
         if real:
-            self._hs_put(rec.imei, rec.msisdn, _hs_set_bit(self._hs_get(rec.imei, rec.msisdn), q))
-            if self.track_changes:
-                self.changed.add(("h", rec.imei, rec.msisdn))
+            before = self._hs_get(rec.imei, rec.msisdn)
+            after = _hs_set_bit(before, q)
+            if after != before:
+                self._hs_put(rec.imei, rec.msisdn, after)
+                if self.track_changes:
+                    self.changed.add(("h", rec.imei, rec.msisdn))
         lines = self.cells.get(rec.cell_id)
         if lines is None:
             lines = self.cells[rec.cell_id] = {}
         e = lines.get(rec.msisdn)
         if e is None:
             e = lines[rec.msisdn] = [q, 0, 0]
-        _set_bit(e, 1 if rec.direction == "MO" else 2, q)
+        k = 1 if rec.direction == "MO" else 2
+        if e[0] <= q and (e[k] >> (q - e[0])) & 1:
+            return  # already seen in this bucket: nothing changes
+        _set_bit(e, k, q)
         cached = self._bypass_count.get(rec.cell_id)
         if cached is not None and q < cached[0]:  # a late record: inside some cached window
             del self._bypass_count[rec.cell_id]

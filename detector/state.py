@@ -74,6 +74,8 @@ def apply_change(detector: Detector, partition: int, key: bytes, value: bytes | 
     """Fold one changelog record into the state; returns input positions for a meta record."""
     k = key.decode()
     kind, _, name = k.partition(":")
+    if kind == "n":
+        detector.engine(name).suspended_stale = True
     if kind == "n" and value is not None and not value.startswith(b"{"):
         detector.engine(name).numbers.put_packed(name, value)
         return None

@@ -619,8 +619,11 @@ def bench_e2e(args, cfg0: dict, m: dict) -> dict:
     })
     if args.bootstrap_servers:
         env["CDR_DETECTOR__KAFKA__BOOTSTRAP_SERVERS"] = args.bootstrap_servers
+    if args.producer_backend:
+        env["CDR_DETECTOR__KAFKA__PRODUCER_BACKEND"] = args.producer_backend
     cfg = config_mod.load(environ=env)
     k = cfg["kafka"]
+    log(f"producer backend (replay and daemon): {k.get('producer_backend', 'kafka-python')}")
     topics = kafka_io.topic_names(k)
     host, _, p = str(k["bootstrap_servers"]).split(",")[0].partition(":")
     try:
@@ -1306,6 +1309,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--records", type=int, default=300_000, help="records replayed for the drain")
     p.add_argument("--bootstrap-servers", help="default: kafka.bootstrap_servers of the settings")
+    p.add_argument("--producer-backend", choices=("kafka-python", "confluent"),
+                   help="kafka.producer_backend for replay and daemon (default: the settings')")
     p.add_argument("--live-rate", type=int, help="records/s offered in the live phase (default: "
                                                  "--live-fraction of the measured drain rate)")
     p.add_argument("--live-fraction", type=float, default=0.5)

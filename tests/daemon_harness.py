@@ -209,14 +209,14 @@ class KafkaSetup:
 
 # -- publishing ------------------------------------------------------------------------------------
 def replay_cli(setup: KafkaSetup, cdrs: str | os.PathLike, subscribers: str | os.PathLike | None = None,
-               speed: float | None = None, timeout: float = 120) -> dict:
+               speed: float | None = None, timeout: float = 120, env: dict[str, str] | None = None) -> dict:
     """`cdr-detector replay` as a subprocess; returns its printed counts."""
     cmd = cli() + ["replay", "--cdrs", str(cdrs)]
     if subscribers:
         cmd += ["--subscribers", str(subscribers)]
     if speed:
         cmd += ["--speed", str(speed)]
-    proc = subprocess.run(cmd, env=setup.env(), capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, env=env or setup.env(), capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"replay failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

@@ -6,6 +6,8 @@ and from the scores the engine reports for each record (`last_score`), never cop
 """
 from __future__ import annotations
 
+from collections import Counter
+
 import orjson
 import pytest
 from kafka.partitioner.default import DefaultPartitioner, murmur2
@@ -757,3 +759,37 @@ def test_storm_breaker_turns_decisions_to_shadow_past_the_configured_rate():
     assert all(e.get("_breaker") for e in events[3:])
     off = _storm(load_cfg(**{"storm.max_suspensions_per_minute": 3, "storm.enabled": False}), 6)
     assert [e["mode"] for e in off] == ["enforce"] * 6
+
+
+def test_suspended_lines_are_counted_as_decisions_happen_and_match_a_scan():
+    """The suspended-lines gauge is kept by suspend/escalate/restore, not by scanning every number
+    at each commit; a scan over the packed states must agree, also after a restore."""
+    from detector.contract import Outcome, parse_cdr, parse_profile
+    from detector.generator import GeneratorSpec, generate_profiles, generate_records
+
+    cfg = load_cfg()
+    cfg["tiers"]["low"]["threshold"] = 0.1  # many decisions, some of them wrong, to be cleared
+    det = Detector(cfg)
+    spec = GeneratorSpec(subscribers=400, hours=30, seed=11)
+    for p in generate_profiles(spec):
+        det.on_profile(parse_profile(p))
+    actions = Counter()
+    for r in generate_records(spec):
+        rec = parse_cdr(r)
+        for e in det.on_record(rec):
+            actions[e["action"]] += 1
+            if e["action"] == "suspend" and actions["suspend"] % 2:  # an operator clears every other one
+                for e2 in det.on_outcome(Outcome(e["msisdn"], rec.ts + 1, "cleared")):
+                    actions[e2["action"]] += 1
+    assert actions["suspend"] >= 5 and actions["restore"] >= 2, actions
+    total = Counter()
+    for eng in det.engines.values():
+        scanned = {t.name: n for t, n in zip(eng.tiers, eng.count_suspended()) if n}
+        assert eng.suspended_by_tier() == scanned
+        total.update(scanned)
+    assert sum(total.values()) == actions["suspend"] - actions["restore"] > 0
+    eng = next(e for e in det.engines.values() if e.suspended_by_tier())
+    want = eng.suspended_by_tier()
+    eng._suspended = [0] * len(eng.tiers)  # as after states were loaded from a changelog
+    eng.suspended_stale = True
+    assert eng.suspended_by_tier() == want

@@ -20,6 +20,7 @@ except ImportError:  # pragma: no cover
     from tests.daemon_harness import DaemonProcess, KafkaSetup, diff_events, replay_inprocess, wait_until
     from tests.test_daemon_kafka import broker, daemon_slice, reference_events  # noqa: F401
 
+from detector.features import NumberState
 from detector.replay import publish
 from detector.topic_dump import read_events, read_topic
 
@@ -65,7 +66,7 @@ def final_number_states(s: KafkaSetup) -> dict[str, dict]:
                 out.pop(key[2:], None)
                 TOMBSTONES.append((key, msg.partition, msg.offset))
             else:
-                out[key[2:]] = orjson.loads(msg.value)
+                out[key[2:]] = NumberState.unpack(msg.value).to_dict()
     return out
 
 
