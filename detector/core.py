@@ -187,6 +187,14 @@ class Engine:
                                 hours=(rec.ts - st.below_since) / F.HOUR_MS)
         return [self._restore(st, rec.msisdn, rec.ts, rec.record_id, "automatic", [reason], score)]
 
+    def lift_suspension(self, st: NumberState) -> None:
+        """Take back a suspension that was never enforced (the storm breaker shadowed it), so the
+        line's next record is decided as for an active line — and enforced if still warranted."""
+        self._suspended[st.tier] -= 1
+        st.status = 0
+        st.tier = -1
+        st.below_since = 0
+
     def _restore(self, st: NumberState, msisdn: str, ts: int, cause_id: str, cause: str,
                  reasons: list[dict], score: float | None = None) -> dict:
         tier = self.tiers[st.tier]
@@ -270,6 +278,9 @@ class Engine:
             del self.numbers[msisdn]
             if self.track_changes:
                 self.dirty.add(msisdn)  # persisted as a tombstone
+
+
+SHADOWED_BY_BREAKER = 2  # NumberState.status of a line whose suspension the breaker turned to shadow
 
 
 def public(event: dict) -> dict:
@@ -404,13 +415,17 @@ class Detector:
                 self.last_result = "duplicate"
                 return []
         self.last_result = "ok"
+        if st is not None and st.status == SHADOWED_BY_BREAKER and not self.breaker.tripped:
+            eng.lift_suspension(st)  # never enforced; the breaker is re-armed: decide afresh
         if facts is None:
             facts = self.enricher.facts(rec)
         events = eng.on_record(rec, facts, st)
-        if events:
-            events = self.breaker.filter(events)
         if st is None:
             st = eng.numbers[rec.msisdn]
+        if events:
+            events = self.breaker.filter(events)
+            if any(e.get("_breaker") and e["action"] == "suspend" for e in events):
+                st.status = SHADOWED_BY_BREAKER
         if st.n_mo + st.n_mt == 1:
             F.seen_before(st, rec.record_id)
         if offset >= 0:

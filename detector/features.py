@@ -120,7 +120,7 @@ class NumberState:
         self.imei_hash = 0  # hash64 of the last handset seen (0: none yet)
         self.imei_changes = 0.0
         self.last_pop_ts = -1
-        self.status = 0  # 0 active, 1 suspended
+        self.status = 0  # 0 active, 1 suspended, 2 suspended only in shadow by the storm breaker
         self.tier = -1  # index into TIERS when suspended
         self.suspended_ts = 0
         self.peak_score = 0.0
@@ -355,7 +355,7 @@ class NumberStore:
     engine settles at record boundaries once the hot set reaches `hot_max`, and the daemon at
     every commit, where the packed bytes are exactly the changelog values."""
 
-    def __init__(self, hot_max: int = 50_000):
+    def __init__(self, hot_max: int = 8192):
         self.cold: dict[str, bytes] = {}
         self.hot: dict[str, NumberState] = {}
         self.hot_max = hot_max

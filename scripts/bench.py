@@ -56,6 +56,7 @@ from detector import config as config_mod  # noqa: E402
 from detector.contract import CDR, parse_cdr, parse_profile  # noqa: E402
 from detector.core import Detector, Enricher  # noqa: E402
 from detector.files import iter_lines  # noqa: E402
+from detector.features import NumberState  # noqa: E402
 from detector.generator import GeneratorSpec, generate_profiles, generate_records, write_dataset  # noqa: E402
 from detector.pipeline import Pipeline  # noqa: E402
 
@@ -595,7 +596,7 @@ def e2e_start_ts(hours: float) -> int:
 
 def bench_e2e(args, cfg0: dict, m: dict) -> dict:
     header("e2e", m)
-    from kafka import KafkaAdminClient, TopicPartition
+    from kafka import KafkaAdminClient
 
     from detector import kafka_io
 
@@ -1052,7 +1053,6 @@ def deep_size(root, seen_str: set, count_seen: bool = True) -> int:
 def memory_worker(args) -> None:
     """Child process: one size. Prints a JSON line with the measurements."""
     import tracemalloc
-    from array import array
 
     try:
         from detector.shared import real_imei
@@ -1110,6 +1110,8 @@ def memory_worker(args) -> None:
             log(f"memory {N:,}: town {town + 1}/{towns}, {det.numbers_tracked():,} numbers, "
                 f"RSS {rss_bytes() / 2**30:.2f} GiB, {fed / (time.monotonic() - t0):,.0f} records/s")
     feed_s = time.monotonic() - t0
+    for eng in det.engines.values():  # as between two commits of the daemon: states at rest are packed
+        eng.numbers.settle()
     gc.collect()
     rss1 = rss_bytes()
     tm = None
@@ -1123,26 +1125,28 @@ def memory_worker(args) -> None:
     # a key of Engine.numbers, of the partition cache and of the Enricher's tables) counts once,
     # where it is met first in this order
     seen_str: set[int] = set()
-    numbers_sample = []
     key_bytes = dict_bytes = 0
+    blobs = []
     step = max(1, tracked // 20000)
     for eng in det.engines.values():
-        dict_bytes += sys.getsizeof(eng.numbers)
-        for j, (msisdn, st) in enumerate(eng.numbers.items()):
+        store = eng.numbers
+        store.settle()  # at rest every state is packed (the daemon settles at each commit)
+        dict_bytes += sys.getsizeof(store.cold) + sys.getsizeof(store.hot)
+        for j, (msisdn, blob) in enumerate(store.cold.items()):
             key_bytes += sys.getsizeof(msisdn)
             seen_str.add(id(msisdn))
             if j % step == 0:
-                numbers_sample.append(st)
-    state_sizes = [deep_size(st, seen_str, count_seen=False) for st in numbers_sample]
-    by_field: dict[str, float] = {"(object header + slots)": statistics.fmean(sys.getsizeof(st) for st in numbers_sample)}
-    for name in type(numbers_sample[0]).__slots__:
-        by_field[name] = statistics.fmean(deep_size(getattr(st, name), seen_str, count_seen=False)
-                                          for st in numbers_sample)
+                blobs.append(blob)
+    state_sizes = [sys.getsizeof(b) for b in blobs]
+    unpacked = [NumberState.unpack(b) for b in blobs[:2000]]
+    by_field: dict[str, float] = {"(packed bytes object)": statistics.fmean(state_sizes)}
+    by_field["(unpacked, while in use: object + fields)"] = statistics.fmean(
+        deep_size(st, set(), count_seen=False) for st in unpacked)
     enr = det.enricher
     enr_parts = {name: deep_size(v, seen_str) / tracked for name, v in vars(enr).items()
                  if isinstance(v, (dict, set, list))}
     part_bytes = deep_size(det._partition, seen_str)
-    changelog = [len(orjson.dumps(st.to_dict())) for st in numbers_sample]
+    changelog = [len(b) for b in blobs]
     prof = parse_profile(generate_profiles(GeneratorSpec(subscribers=10, hours=1))[0])
     profile_bytes = deep_size(prof, set())
     out = {"numbers": N, "tracked": tracked, "per_number_records": K, "records_fed": fed, "template_numbers": T,
@@ -1249,7 +1253,7 @@ def print_memory(runs: list[dict], tm: dict | None, notes: list[str]) -> None:
                                  if r is not tm else "(tracemalloc's own overhead)" for r in cols]),
         ("RSS delta / number", *[B(r["rss_delta_per_number"]) if r is not tm else "" for r in cols]),
         ("tracemalloc delta / number", *[B(r["tracemalloc_per_number"]) for r in cols]),
-        ("  NumberState (deep)", *[B(r["deep"]["number_state_mean"]) for r in cols]),
+        ("  NumberState (packed bytes object)", *[B(r["deep"]["number_state_mean"]) for r in cols]),
         ("  msisdn key string", *[B(r["deep"]["msisdn_key"]) for r in cols]),
         ("  Engine.numbers dict slots", *[B(r["deep"]["numbers_dict_slots"]) for r in cols]),
         ("  Detector._partition cache", *[B(r["deep"]["partition_cache"]) for r in cols]),
@@ -1262,7 +1266,7 @@ def print_memory(runs: list[dict], tm: dict | None, notes: list[str]) -> None:
     print(table(rows, ("", *names)))
     bf = runs[0]["deep"].get("number_state_by_field")
     if bf:
-        print("NumberState by field, mean bytes (the imei string is shared with Enricher.handsets' keys): "
+        print("NumberState, mean bytes: "
               + ", ".join(f"{k} {v:,.0f}" for k, v in bf.items() if v >= 1))
     for note in notes:
         print("note: " + note)

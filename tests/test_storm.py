@@ -119,11 +119,9 @@ def test_rearm_lets_enforcement_resume():
     assert any(e["action"] == "suspend" and e["mode"] == "enforce" for e in ev2), ev2
 
 
-@pytest.mark.xfail(strict=True, reason="WEAKNESS: a line suspended in shadow by the tripped breaker is marked "
-                                       "suspended in the core (NumberState.status=1); after re-arming it never gets "
-                                       "an enforced `suspend` — at most an `escalate` for a line the consumer never "
-                                       "suspended")
 def test_line_shadowed_during_storm_is_enforced_after_rearm():
+    """A suspension the breaker turned to shadow was never enforced: after the re-arm the line is
+    decided afresh, and a line still behaving like fraud gets an enforced `suspend`."""
     p, s, ev = trip_breaker()
     shadowed = sorted({e["msisdn"] for e in ev if e.get("_breaker")} - {e["msisdn"] for e in ev if is_enforced_block(e)})
     assert shadowed, ev
