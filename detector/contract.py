@@ -125,8 +125,40 @@ def _region(obj: dict, name: str) -> str:
     return value
 
 
+def _region_ok(v) -> bool:
+    return type(v) is str and 0 < len(v) <= MAX_STRING and v.isascii() and v.replace("-", "").isalnum()
+
+
+def _digits_ok(v, lo: int, hi: int) -> bool:
+    return type(v) is str and lo <= len(v) <= hi and v.isascii() and v.isdigit()
+
+
 def parse_cdr(raw: bytes | str | dict) -> CDR:
     obj = decode(raw)
+    # The common case, checked in one expression; anything it does not accept goes through the
+    # field-by-field checks below, which accept the same records and name what is wrong.
+    try:
+        rid, ts, duration, answered = obj["record_id"], obj["ts"], obj["duration_s"], obj["answered"]
+        cell_id, imei, msisdn, peer = obj["cell_id"], obj["imei"], obj["msisdn"], obj["peer"]
+        direction, service = obj["direction"], obj["service"]
+        cell_region, peer_region = obj["cell_region"], obj["peer_region"]
+    except KeyError:
+        pass
+    else:
+        if (type(rid) is str and 0 < len(rid) <= MAX_STRING and type(ts) is int and TS_MIN <= ts <= TS_MAX
+                and type(duration) is int and 0 <= duration <= MAX_DURATION_S and type(answered) is bool
+                and type(cell_id) is str and len(cell_id) <= MAX_STRING
+                and type(imei) is str and len(imei) <= MAX_STRING
+                and _digits_ok(msisdn, 5, 15) and _digits_ok(peer, 3, 20)
+                and (direction == "MO" or direction == "MT") and type(direction) is str
+                and (service == "voice" or service == "sms") and type(service) is str
+                and _region_ok(cell_region) and _region_ok(peer_region)):
+            return CDR(rid, ts, msisdn, direction, peer, service, duration, answered, cell_id,
+                       cell_region, peer_region, imei)
+    return _parse_cdr_checked(obj)
+
+
+def _parse_cdr_checked(obj: dict) -> CDR:
     record_id = _get(obj, "record_id", str)
     if not record_id:
         raise InvalidRecord("bad_value", "record_id", "must not be empty")

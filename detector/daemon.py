@@ -12,6 +12,7 @@ decides exactly what `cdr-detector backtest` decides for the same data.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -78,6 +79,7 @@ class Daemon(ConsumerRebalanceListener):
         self.shared_paused: set[int] = set()
         self.shared_resume: set[int] = set()  # no longer owned (set on the network thread): resume
         self.gated = False  # the next record waits for another owner's shared facts
+        self.more_ready = False  # the last batch stopped at max_poll_records with more ready
         self.last_fetch: dict[TopicPartition, float] = {}
         self.in_flight: list = []  # futures of everything sent since the last commit
         self._caught_cache: dict[TopicPartition, bool] = {}
@@ -132,7 +134,8 @@ class Daemon(ConsumerRebalanceListener):
         try:
             while not self.stop_event.is_set():
                 self.last_loop = time.monotonic()
-                self._poll(0 if self.gated else None)
+                # don't block in poll() while buffered records are ready to process
+                self._poll(0 if (self.gated or self.more_ready) else None)
                 if self.pending_assigned:
                     self._take_assignment()
                     continue
@@ -147,6 +150,7 @@ class Daemon(ConsumerRebalanceListener):
                     self._rearm()
                 t0 = time.perf_counter()
                 done = self._process_ready()
+                self.more_ready = done >= self.max_items
                 if done:
                     self.metrics.batch_seconds.observe(time.perf_counter() - t0)
                 if time.monotonic() >= next_commit:
@@ -317,6 +321,10 @@ class Daemon(ConsumerRebalanceListener):
                 self.consumer.seek(tp, pos)
                 self.processed[tp] = pos
                 self.committed[tp] = committed.get(tp, -1)
+        # Profiles and restored state are long-lived: keep the cyclic collector from walking them
+        # again and again (full collections over millions of objects are latency spikes).
+        gc.collect()
+        gc.freeze()
         log.info("partitions assigned", extra={"partitions": sorted(self.owned), "restored": new})
 
     def _kind(self, tp: TopicPartition) -> str:
