@@ -84,7 +84,8 @@ class Engine:
                 self.start_ts = rec.ts
             self.clock = rec.ts
             if rec.ts >= self.next_sweep:
-                self._sweep(rec.ts)
+                self._sweep(rec.ts)  # settles the store: a state taken before is stale now
+                st = None
 
         if st is None:
             st = self.numbers.get(rec.msisdn)
@@ -420,8 +421,7 @@ class Detector:
         if facts is None:
             facts = self.enricher.facts(rec)
         events = eng.on_record(rec, facts, st)
-        if st is None:
-            st = eng.numbers[rec.msisdn]
+        st = eng.numbers[rec.msisdn]  # again: the engine may have swept (and settled) the store
         if events:
             events = self.breaker.filter(events)
             if any(e.get("_breaker") and e["action"] == "suspend" for e in events):

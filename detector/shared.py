@@ -47,17 +47,6 @@ def _window_bits(base: int, mask: int, lo: int, hi: int) -> int:
     return (mask >> a) & ((1 << (b - a)) - 1)
 
 
-def _set_bit(entry: list, i: int, b: int) -> None:
-    """Set bucket b in mask entry[i] (entry[0] is the base bucket), rebasing for a late one."""
-    base = entry[0]
-    if b < base:
-        shift = base - b
-        for k in range(1, len(entry)):
-            entry[k] <<= shift
-        entry[0] = base = b
-    entry[i] |= 1 << (b - base)
-
-
 _M32 = (1 << 32) - 1
 
 
@@ -74,6 +63,18 @@ def _hs_set_bit(p: int | None, b: int) -> int:
         mask <<= base - b
         base = b
     return _hs_pack(base, mask | (1 << (b - base)))
+
+
+def _cell_pack(base: int, mo: int, mt: int) -> int:
+    """A cell pair as one int: base bucket (32 bits), width of the MO mask (32 bits), MO mask, MT mask."""
+    w = mo.bit_length()
+    return base | (w << 32) | (mo << 64) | (mt << (64 + w))
+
+
+def _cell_unpack(p: int) -> tuple[int, int, int]:
+    w = (p >> 32) & _M32
+    rest = p >> 64
+    return p & _M32, rest & ((1 << w) - 1), rest >> w
 
 
 class Enricher:
@@ -95,7 +96,7 @@ class Enricher:
         self.keep = max(self.handset_window, self.cell_window) + lateness + 1
         # imei → (msisdn, packed) for one line, {msisdn: packed} for several
         self.handsets: dict[str, tuple[str, int] | dict[str, int]] = {}
-        self.cells: dict[str, dict[str, list]] = {}  # cell → msisdn → [base, mo_mask, mt_mask]
+        self.cells: dict[str, dict[str, int]] = {}  # cell → msisdn → _cell_pack(base, mo_mask, mt_mask)
         self._bypass_count: dict[str, tuple[int, int]] = {}  # cell → (bucket, bypass-like lines then)
         self.track_changes = track_changes
         self.changed: set[tuple[str, str, str]] = set()  # ("h"|"c", key, msisdn) to publish
@@ -128,13 +129,20 @@ class Enricher:
         lines = self.cells.get(rec.cell_id)
         if lines is None:
             lines = self.cells[rec.cell_id] = {}
-        e = lines.get(rec.msisdn)
-        if e is None:
-            e = lines[rec.msisdn] = [q, 0, 0]
-        k = 1 if rec.direction == "MO" else 2
-        if e[0] <= q and (e[k] >> (q - e[0])) & 1:
+        p = lines.get(rec.msisdn)
+        base, mo, mt = (q, 0, 0) if p is None else _cell_unpack(p)
+        mo_record = rec.direction == "MO"
+        if base <= q and ((mo if mo_record else mt) >> (q - base)) & 1:
             return  # already seen in this bucket: nothing changes
-        _set_bit(e, k, q)
+        if q < base:  # a late record: rebase
+            mo <<= base - q
+            mt <<= base - q
+            base = q
+        if mo_record:
+            mo |= 1 << (q - base)
+        else:
+            mt |= 1 << (q - base)
+        lines[rec.msisdn] = _cell_pack(base, mo, mt)
         cached = self._bypass_count.get(rec.cell_id)
         if cached is not None and q < cached[0]:  # a late record: inside some cached window
             del self._bypass_count[rec.cell_id]
@@ -187,11 +195,12 @@ class Enricher:
         self._bypass_count[cell] = (q, count)
         return count - 1
 
-    def _bypass_like(self, e: list, lo: int, q: int) -> bool:
+    def _bypass_like(self, p: int, lo: int, q: int) -> bool:
         """Outgoing activity in several buckets of the window and nothing incoming."""
-        if _window_bits(e[0], e[2], lo, q):
+        base, mo, mt = _cell_unpack(p)
+        if _window_bits(base, mt, lo, q):
             return False
-        return _window_bits(e[0], e[1], lo, q).bit_count() >= self.min_buckets
+        return _window_bits(base, mo, lo, q).bit_count() >= self.min_buckets
 
     # -- housekeeping ---------------------------------------------------------------------------
     def sweep(self, q: int) -> None:
@@ -220,13 +229,13 @@ class Enricher:
         for key in list(self.cells):
             lines = self.cells[key]
             for m in list(lines):
-                e = lines[m]
-                if e[0] < horizon:
-                    shift = horizon - e[0]
-                    for k in range(1, len(e)):
-                        e[k] >>= shift
-                    e[0] = horizon
-                    if not any(e[1:]):
+                base, mo, mt = _cell_unpack(lines[m])
+                if base < horizon:
+                    mo >>= horizon - base
+                    mt >>= horizon - base
+                    if mo or mt:
+                        lines[m] = _cell_pack(horizon, mo, mt)
+                    else:
                         del lines[m]
                     if self.track_changes:
                         self.changed.add(("c", key, m))
@@ -243,7 +252,8 @@ class Enricher:
                 p = self._hs_get(key, m)
                 entry = None if p is None else [p & _M32, p >> 32]
             else:
-                entry = self.cells.get(key, {}).get(m)
+                p = self.cells.get(key, {}).get(m)
+                entry = None if p is None else list(_cell_unpack(p))
             out.append((kind, key, m, entry))
         self.changed.clear()
         return out
@@ -263,11 +273,14 @@ class Enricher:
             lines = self.cells.setdefault(key, {})
             mine = lines.get(msisdn)
             if mine is None:
-                lines[msisdn] = list(entry)
+                lines[msisdn] = _cell_pack(*entry)
                 return
+            mine = list(_cell_unpack(mine))
         base = min(mine[0], entry[0])
         for i in range(1, len(mine)):
             mine[i] = (mine[i] << (mine[0] - base)) | (entry[i] << (entry[0] - base))
         mine[0] = base
         if kind == "h":
             self._hs_put(key, msisdn, _hs_pack(mine[0], mine[1]))
+        else:
+            lines[msisdn] = _cell_pack(*mine)

@@ -25,6 +25,7 @@ from conftest import (
     profile,
     warm_up,
 )
+from detector import features as F
 from detector.config import TIER_NAMES, model_id
 from detector.core import NO_FACTS, Detector, Engine, SharedFacts, partition_of, public
 from detector.model import FEATURE_NAMES
@@ -793,3 +794,45 @@ def test_suspended_lines_are_counted_as_decisions_happen_and_match_a_scan():
     eng._suspended = [0] * len(eng.tiers)  # as after states were loaded from a changelog
     eng.suspended_stale = True
     assert eng.suspended_by_tier() == want
+
+
+class _NeverPackedStore(F.NumberStore):
+    """Reference: every state stays an object, nothing is ever packed or unpacked."""
+
+    def settle(self) -> None:
+        pass
+
+    def scan(self):
+        for m, st in list(self.hot.items()):
+            yield m, st.last_ts, st.status, st.tier
+
+
+def test_packing_states_at_rest_never_changes_a_decision_or_a_state(monkeypatch):
+    """States are packed at record boundaries, at sweeps and at commits; whenever that happens,
+    events and final states equal those of a detector that never packs. (A state taken before a
+    sweep once went stale and lost its updates: this is the test that would have caught it.)"""
+    from detector import core as core_mod
+    from detector.contract import parse_cdr, parse_profile
+    from detector.generator import GeneratorSpec, generate_profiles, generate_records
+
+    cfg = load_cfg()
+    cfg["tiers"]["low"]["threshold"] = 0.2  # decisions, so tiers and restores are exercised too
+    spec = GeneratorSpec(subscribers=300, hours=50, seed=4)
+    profiles = [parse_profile(p) for p in generate_profiles(spec)]
+    records = [parse_cdr(r) for r in generate_records(spec)]
+
+    def run(store_cls, hot_max):
+        monkeypatch.setattr(core_mod, "NumberStore", lambda: store_cls(hot_max=hot_max))
+        det = Detector(cfg)
+        for p in profiles:
+            det.on_profile(p)
+        events = [e["event_id"] for r in records for e in det.on_record(r)]
+        states = {m: st.to_dict() for eng in det.engines.values() for m, st in eng.numbers.items()}
+        return events, states
+
+    ref_events, ref_states = run(_NeverPackedStore, 10**9)
+    assert len(ref_events) >= 5 and len(ref_states) > 200
+    for hot_max in (1, 64):
+        events, states = run(F.NumberStore, hot_max)
+        assert events == ref_events
+        assert states == ref_states
