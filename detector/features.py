@@ -355,7 +355,7 @@ class NumberStore:
     engine settles at record boundaries once the hot set reaches `hot_max`, and the daemon at
     every commit, where the packed bytes are exactly the changelog values."""
 
-    def __init__(self, hot_max: int = 8192):
+    def __init__(self, hot_max: int = 32_768):
         self.cold: dict[str, bytes] = {}
         self.hot: dict[str, NumberState] = {}
         self.hot_max = hot_max
@@ -436,8 +436,10 @@ class NumberStore:
             self.settle()
 
     def scan(self):
-        """(msisdn, last_ts, status, tier) for every number, read from the packed form."""
-        self.settle()
-        for m, blob in self.cold.items():
+        """(msisdn, last_ts, status, tier) for every number, without unpacking or settling any
+        (settling here would make every number's next record unpack it again)."""
+        for m, st in list(self.hot.items()):
+            yield m, st.last_ts, st.status, st.tier
+        for m, blob in list(self.cold.items()):
             status, tier = packed_status_tier(blob)
             yield m, packed_last_ts(blob), status, tier
