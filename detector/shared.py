@@ -204,7 +204,11 @@ class Enricher:
 
     # -- housekeeping ---------------------------------------------------------------------------
     def sweep(self, q: int) -> None:
-        """Drop buckets no query can reach any more; a pair with none left is removed."""
+        """Drop buckets no query can reach any more; a pair with none left is removed.
+
+        Only removals are published (as tombstones). A pair that merely lost old buckets is not
+        sent again: every reader sweeps the same buckets itself, and old buckets in a published
+        value are outside every window a query reads."""
         horizon = q - self.keep
         self._bypass_count.clear()
         for imei in list(self.handsets):
@@ -214,9 +218,9 @@ class Enricher:
                 base = p & _M32
                 if base < horizon:
                     mask = (p >> 32) >> (horizon - base)
-                    if self.track_changes:
-                        self.changed.add(("h", imei, m))
                     if not mask:
+                        if self.track_changes:  # gone: a tombstone lets compaction drop the key
+                            self.changed.add(("h", imei, m))
                         continue
                     p = _hs_pack(horizon, mask)
                 kept[m] = p
@@ -237,8 +241,8 @@ class Enricher:
                         lines[m] = _cell_pack(horizon, mo, mt)
                     else:
                         del lines[m]
-                    if self.track_changes:
-                        self.changed.add(("c", key, m))
+                        if self.track_changes:
+                            self.changed.add(("c", key, m))
             if not lines:
                 del self.cells[key]
 

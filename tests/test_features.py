@@ -499,3 +499,32 @@ def test_sweep_drops_buckets_no_query_can_reach():
     enr.facts(s.rec(msisdn="13800000001", ts=T0, imei="861", cell_id="c1"))
     enr.sweep((T0 + 100 * HOUR) // BUCKET)
     assert enr.handsets == {} and enr.cells == {}
+
+
+def test_sweep_publishes_removals_only_and_stale_values_answer_the_same():
+    """A sweep that only trims old buckets sends nothing (every reader trims the same buckets);
+    a pair left with no bucket is published as a tombstone. A reader that merges a value published
+    before the writer's sweep still gives the writer's answers."""
+    s = Stream()
+    imei = "860000000012345"
+    early = [s.rec(msisdn=f"1380000000{i}", ts=T0 + i * 7 * MINUTE, imei=imei, cell_id="c1") for i in range(3)]
+    late = [s.rec(msisdn="13800000000", ts=T0 + 70 * HOUR + i * BUCKET, imei=imei, cell_id="c1") for i in range(3)]
+    writer = Enricher(load_cfg(), track_changes=True)
+    for r in early + late:
+        writer.facts(r)
+    before_sweep = writer.drain_changes()
+    assert before_sweep and all(entry is not None for *_, entry in before_sweep)
+    writer.sweep((T0 + 80 * HOUR) // BUCKET)  # trims line 0's early buckets, drops lines 1 and 2
+    gone = writer.drain_changes()
+    assert gone and all(entry is None for *_, entry in gone)
+    assert {m for _, _, m, _ in gone} == {"13800000001", "13800000002"}
+    probe = s.rec(msisdn="13800000009", ts=T0 + 80 * HOUR + BUCKET, imei=imei, cell_id="c1")
+    want = writer.facts(probe)
+    assert want.handset_lines == 1  # line 0, seen at 70 h; lines 1 and 2 are out of the window
+    for own_sweep in (True, False):
+        reader = Enricher(load_cfg())
+        if not own_sweep:  # stale buckets kept: they must still not count
+            reader.next_sweep = probe.ts + 1
+        for kind, key, m, entry in before_sweep + gone:
+            reader.merge(kind, key, m, entry)
+        assert reader.facts(probe) == want
