@@ -84,7 +84,7 @@ class Engine:
                 self.start_ts = rec.ts
             self.clock = rec.ts
             if rec.ts >= self.next_sweep:
-                self._sweep(rec.ts)  # settles the store: a state taken before is stale now
+                self._sweep(rec.ts)  # may forget this very number: take its state afresh
                 st = None
 
         if st is None:
@@ -421,7 +421,7 @@ class Detector:
         if facts is None:
             facts = self.enricher.facts(rec)
         events = eng.on_record(rec, facts, st)
-        st = eng.numbers[rec.msisdn]  # again: the engine may have swept (and settled) the store
+        st = eng.numbers[rec.msisdn]  # again: the engine's sweep may have replaced it
         if events:
             events = self.breaker.filter(events)
             if any(e.get("_breaker") and e["action"] == "suspend" for e in events):

@@ -81,6 +81,11 @@ _PEEK_LAST_TS = struct.Struct("<9xq")  # after the version byte and first_ts
 _PEEK_STATUS_TIER = struct.Struct("<84xBxb")  # after 1 + 7*8 + 6*4 + 3 bytes: status, fraud_confirmed, tier
 
 
+def check_packed(blob: bytes) -> None:
+    if len(blob) != PACKED_SIZE or blob[0] != PACK_VERSION:
+        raise ValueError(f"packed number state: unknown version {blob[:1]!r} or size {len(blob)}")
+
+
 def packed_last_ts(blob: bytes) -> int:
     return _PEEK_LAST_TS.unpack_from(blob)[0]
 
@@ -142,8 +147,7 @@ class NumberState:
 
     @classmethod
     def unpack(cls, blob: bytes) -> "NumberState":
-        if len(blob) != PACKED_SIZE or blob[0] != PACK_VERSION:
-            raise ValueError(f"packed number state: unknown version {blob[:1]!r} or size {len(blob)}")
+        check_packed(blob)
         s = object.__new__(cls)
         (_, s.first_ts, s.last_ts, s.decayed_ts, s.last_pop_ts, s.suspended_ts, s.below_since, s.applied_offset,
          s.n_mo, s.n_mt, s.n_voice, s.restores, s.handset_lines, s.cell_lines,
@@ -412,8 +416,7 @@ class NumberStore:
 
     def put_packed(self, msisdn: str, blob: bytes) -> None:
         """Store a state as restored from the changelog (checked, not trusted)."""
-        if len(blob) != PACKED_SIZE or blob[0] != PACK_VERSION:
-            raise ValueError(f"packed number state: unknown version {blob[:1]!r} or size {len(blob)}")
+        check_packed(blob)
         self.hot.pop(msisdn, None)
         self.cold[msisdn] = bytes(blob)
 

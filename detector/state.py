@@ -85,7 +85,8 @@ def apply_change(detector: Detector, partition: int, key: bytes, value: bytes | 
     if kind == "n":
         eng = detector.engine(name)
         if obj is None:
-            eng.numbers.pop(name, None)
+            if name in eng.numbers:  # a tombstone: no need to unpack what is dropped
+                del eng.numbers[name]
         else:
             eng.numbers[name] = NumberState.from_dict(obj)
     elif kind == "m":
