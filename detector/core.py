@@ -9,9 +9,8 @@ from __future__ import annotations
 import bisect
 import hashlib
 import math
+import struct
 from dataclasses import dataclass
-
-from kafka.partitioner.default import murmur2
 
 from . import features as F
 from .config import TIER_NAMES, model_id
@@ -106,10 +105,13 @@ class Engine:
 
         home = province(profile.home_region) if profile else province(rec.cell_region)
         F.update_mo(st, rec, home, self.fc)
+        feeds_population = (not st.status and st.n_mo >= self.model.population_min_calls
+                            and rec.ts - st.last_pop_ts >= self.model.population_interval_ms)
+        if not (feeds_population or st.status or st.n_mo >= self.min_calls):
+            return []  # nothing reads this line's features yet: do not compute them
         raw, support = self.model.raw_features(st, profile, rec.ts, handset_lines, cell_lines,
                                                st.decayed[F.D_PREMIUM_DAY], rec.ts - self.start_ts)
-        if (not st.status and st.n_mo >= self.model.population_min_calls
-                and rec.ts - st.last_pop_ts >= self.model.population_interval_ms):
+        if feeds_population:
             self.model.observe_population(raw)
             st.last_pop_ts = rec.ts
         if st.status:
@@ -347,6 +349,34 @@ class StormBreaker:
         self.trips = int(d.get("trips", 0))
 
 
+_M = 0x5BD1E995
+_M32 = 0xFFFFFFFF
+_WORDS = [struct.Struct(f"<{i}I") for i in range(64)]
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (as `kafka.partitioner.default.murmur2`, tested equal), about twice as fast:
+    the words are read with one struct call. A number's partition is needed for every record."""
+    n = len(data)
+    h = 0x9747B28C ^ n
+    n4 = n & ~3
+    if n4:
+        words = _WORDS[n >> 2].unpack_from(data) if n < 256 else struct.unpack_from(f"<{n >> 2}I", data)
+        for k in words:
+            k = (k * _M) & _M32
+            h = ((h * _M) & _M32) ^ (((k ^ (k >> 24)) * _M) & _M32)
+    extra = n & 3
+    if extra:
+        if extra == 3:
+            h ^= data[n4 + 2] << 16
+        if extra >= 2:
+            h ^= data[n4 + 1] << 8
+        h = ((h ^ data[n4]) * _M) & _M32
+    h ^= h >> 13
+    h = (h * _M) & _M32
+    return h ^ (h >> 15)
+
+
 def partition_of(msisdn: str, partitions: int) -> int:
     """The Kafka partition of a key under the default partitioner (murmur2, as the Java client)."""
     return (murmur2(msisdn.encode()) & 0x7FFFFFFF) % partitions
@@ -376,9 +406,11 @@ class Detector:
     def partition(self, msisdn: str) -> int:
         p = self._partition.get(msisdn)
         if p is None:
+            if self.partitions == 1:
+                return 0
             if len(self._partition) > 1_000_000:
                 self._partition.clear()
-            p = self._partition[msisdn] = partition_of(msisdn, self.partitions) if self.partitions > 1 else 0
+            p = self._partition[msisdn] = partition_of(msisdn, self.partitions)
         return p
 
     def engine(self, msisdn: str) -> Engine:
@@ -394,9 +426,11 @@ class Detector:
     def on_record(self, rec: CDR, facts: SharedFacts | None = None, offset: int = -1) -> list[dict]:
         """`offset` is the record's input offset when it has one: a record at or below the offset
         a number's state already holds (replayed after a crash) is skipped, not applied twice."""
-        eng = self.engine(rec.msisdn)
-        eng.numbers.maybe_settle()  # at a record boundary: no state is in use
-        st = eng.numbers.get(rec.msisdn)
+        eng = self.engines.get(self.partition(rec.msisdn)) or self.engine(rec.msisdn)
+        numbers = eng.numbers
+        if len(numbers.hot) >= numbers.hot_max:
+            numbers.settle()  # at a record boundary: no state is in use
+        st = numbers.get(rec.msisdn)
         self.last_score = None
         if st is not None:
             if 0 <= offset <= st.applied_offset:

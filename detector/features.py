@@ -47,10 +47,6 @@ def _province_id(prov: str) -> int:
     return pid
 
 
-def peer_hash(peer: str) -> int:
-    return zlib.crc32(peer.encode())
-
-
 def hash64(text: str) -> int:
     """A non-zero 64-bit hash (crc32 and adler32 side by side): no practical collisions."""
     b = text.encode()
@@ -231,19 +227,13 @@ def _decay_to(state: NumberState, ts: int) -> None:
     state.decayed_ts = ts
 
 
-def _contact_index(state: NumberState, h: int) -> int:
-    try:
-        return state.contacts.index(h)
-    except ValueError:
-        return -1
-
-
 def _remember_contact(state: NumberState, h: int, flag: int) -> bool:
-    """Mark a peer as a contact; returns True when the peer was not a known contact."""
-    i = _contact_index(state, h)
-    if i >= 0 and state.contact_flags[i]:
-        state.contact_flags[i] |= flag
-        return False
+    """Mark a peer (crc32 of its number) as a contact; True when it was not a known contact."""
+    if h in state.contacts:
+        i = state.contacts.index(h)
+        if state.contact_flags[i]:
+            state.contact_flags[i] |= flag
+            return False
     pos = state.contact_pos
     state.contacts[pos] = h
     state.contact_flags[pos] = flag
@@ -271,12 +261,16 @@ def update_mt(state: NumberState, rec: CDR) -> None:
     state.last_ts = max(state.last_ts, rec.ts)
     state.n_mt += 1
     state.decayed[D_MT_DAY] += 1.0
-    _remember_contact(state, peer_hash(rec.peer), FLAG_CALLED_US)
+    _remember_contact(state, zlib.crc32(rec.peer.encode()), FLAG_CALLED_US)
     _observe_imei(state, rec.imei)
 
 
 def _observe_imei(state: NumberState, imei: str) -> None:
-    h = hash64(imei) if imei else 0
+    if imei:
+        b = imei.encode()
+        h = ((zlib.crc32(b) << 32) | zlib.adler32(b)) or 1  # hash64, inline: once per record
+    else:
+        h = 0
     if h != state.imei_hash:
         if state.imei_hash:
             state.imei_changes += 1.0
@@ -293,7 +287,7 @@ def update_mo(state: NumberState, rec: CDR, home_province: str, fc: FeatureConfi
     d[D_MO_DAY] += 1.0
     _observe_imei(state, rec.imei)
 
-    new_peer = _remember_contact(state, peer_hash(rec.peer), FLAG_CALLED)
+    new_peer = _remember_contact(state, zlib.crc32(rec.peer.encode()), FLAG_CALLED)
     prov = province(rec.peer_region)
     intl = prov.startswith("INTL-")
     voice = rec.service == "voice"

@@ -58,6 +58,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature("long_tenure", "flag", 0.0, 0.0),
 )
 FEATURE_NAMES = tuple(f.name for f in FEATURES)
+_KINDS = tuple((f.name, f.kind) for f in FEATURES)
 
 
 def _clip01(x: float) -> float:
@@ -175,22 +176,22 @@ class RiskModel:
         typ = self.typical()
         m = self.prior_calls
         ev = {}
-        for f in FEATURES:
-            x = raw[f.name]
-            t = typ[f.name]
-            if f.kind == "flag":
-                ev[f.name] = x
+        for name, kind in _KINDS:
+            x = raw[name]
+            if kind == "flag":
+                ev[name] = x
                 continue
-            if f.kind == "count":
-                ev[f.name] = _clip01(math.log2((x + 1.0) / (t + 1.0)) / 3.0)
+            t = typ[name]
+            if kind == "count":
+                ev[name] = _clip01(math.log2((x + 1.0) / (t + 1.0)) / 3.0)
                 continue
-            n = support[f.name]
+            n = support[name]
             x = (n * x + m * t) / (n + m)  # shrink towards typical
-            if f.kind == "share_high":
-                ev[f.name] = _clip01((x - t) / (1.0 - t)) if t < 1.0 else 0.0
+            if kind == "share_high":
+                ev[name] = _clip01((x - t) / (1.0 - t)) if t < 1.0 else 0.0
             else:
                 # relative to typical, but a rare behaviour's absence is no evidence
-                ev[f.name] = _clip01((t - x) / max(t, self.share_low_floor))
+                ev[name] = _clip01((t - x) / max(t, self.share_low_floor))
         return ev
 
     def score(self, ev: dict[str, float]) -> float:

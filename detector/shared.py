@@ -30,8 +30,13 @@ NO_FACTS = SharedFacts(0, 0)
 PLACEHOLDER_IMEIS = ("unknown", "none", "null", "n/a")
 
 
+_NONZERO_DIGITS = frozenset("123456789")
+
+
 def real_imei(imei: str) -> bool:
     """A feed that drops IMEIs must not join every line into one 'handset'."""
+    if imei[:1] in _NONZERO_DIGITS:
+        return True  # the usual case, decided by its first character
     s = imei.strip()
     return s.strip("0") != "" and s.lower() not in PLACEHOLDER_IMEIS
 
@@ -111,8 +116,13 @@ class Enricher:
             self.sweep(q)
         real = real_imei(rec.imei)
         self.observe(rec, q, real)
-        return SharedFacts(self.handset_lines(rec.imei, rec.msisdn, q) if real else 0,
-                           self.cell_lines(rec.cell_id, rec.msisdn, q))
+        if real:
+            v = self.handsets[rec.imei]
+            handset = 0 if type(v) is tuple else self.handset_lines(rec.imei, rec.msisdn, q)
+        else:
+            handset = 0
+        lines = self.cells[rec.cell_id]
+        return SharedFacts(handset, self.cell_lines(rec.cell_id, rec.msisdn, q) if len(lines) > 1 else 0)
 
     def observe(self, rec: CDR, q: int, real: bool | None = None) -> None:
         if real is None:

@@ -6,11 +6,13 @@ and from the scores the engine reports for each record (`last_score`), never cop
 """
 from __future__ import annotations
 
+import random
 from collections import Counter
 
 import orjson
 import pytest
-from kafka.partitioner.default import DefaultPartitioner, murmur2
+from kafka.partitioner.default import DefaultPartitioner
+from kafka.partitioner.default import murmur2 as kafka_murmur2
 
 from conftest import (
     CONTRACT_EVENT_KEYS,
@@ -27,7 +29,7 @@ from conftest import (
 )
 from detector import features as F
 from detector.config import TIER_NAMES, model_id
-from detector.core import NO_FACTS, Detector, Engine, SharedFacts, partition_of, public
+from detector.core import NO_FACTS, Detector, Engine, SharedFacts, murmur2, partition_of, public
 from detector.model import FEATURE_NAMES
 
 RING = ("13100000001", "13100000002", "13100000003")
@@ -637,9 +639,18 @@ JAVA_MURMUR2 = {b"21": -973932308, b"foobar": -790332482, b"a-little-bit-long-st
 def test_murmur2_matches_the_java_client():
     for data, signed in JAVA_MURMUR2.items():
         assert murmur2(data) & 0xFFFFFFFF == signed & 0xFFFFFFFF
+        assert kafka_murmur2(data) & 0xFFFFFFFF == signed & 0xFFFFFFFF
         # Java: Utils.toPositive(murmur2(key)) % numPartitions
         for n in (1, 3, 12):
             assert partition_of(data.decode(), n) == (signed & 0x7FFFFFFF) % n
+
+
+def test_fast_murmur2_equals_kafka_python_on_every_length():
+    rng = random.Random(11)
+    for n in list(range(0, 40)) + [255, 256, 257, 1000]:
+        for _ in range(50):
+            data = bytes(rng.randrange(256) for _ in range(n))
+            assert murmur2(data) == kafka_murmur2(data), data
 
 
 class _Cluster:
