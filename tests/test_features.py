@@ -332,7 +332,7 @@ def test_pack_unpack_round_trips_exactly_and_is_small(fc):
     st = _suspended_busy_state(fc)
     st.tier = -1  # signed
     blob = st.pack()
-    assert len(blob) == F.PACKED_SIZE < 600 and blob[0] == F.PACK_VERSION
+    assert len(blob) <= F.PACKED_MAX < 600 and blob[0] == F.PACK_VERSION
     back = NumberState.unpack(blob)
     assert back.to_dict() == st.to_dict()
     for name in NumberState.__slots__:
@@ -345,7 +345,40 @@ def test_pack_unpack_round_trips_exactly_and_is_small(fc):
     assert back.to_dict() == st.to_dict()
 
 
-@pytest.mark.parametrize("blob", [b"", b"\x01" + bytes(F.PACKED_SIZE - 1), bytes(F.PACKED_SIZE + 1)])
+def _pack_v2(st):
+    """A state as version 2 wrote it: fixed 551 bytes, every ring whole."""
+    return b"".join((F._HEAD.pack(2, *F._GET_SCALARS(st)), st.decayed.tobytes(), st.shares.tobytes(),
+                     st.contacts.tobytes(), st.provinces.tobytes(), st.recent_ids.tobytes(), bytes(st.contact_flags)))
+
+
+@pytest.mark.parametrize("calls", [0, 1, 3, 20, 137])
+def test_packing_drops_only_zero_ring_tails_and_reads_version_2(fc, calls):
+    st = _busy_state(fc, calls) if calls else NumberState(T0)
+    blob = st.pack()
+    full = _pack_v2(st)
+    assert len(full) == F.PACKED_SIZE_V2 == 551
+    if calls < 3:
+        assert len(blob) < 300  # a number seen a few times is packed small
+    assert len(blob) <= F.PACKED_MAX
+    for packed in (blob, full):
+        back = NumberState.unpack(packed)
+        assert back.to_dict() == st.to_dict()
+        assert back.pack() == blob
+        assert F.packed_last_ts(packed) == st.last_ts
+
+
+def test_packing_keeps_zero_items_inside_a_ring(fc):
+    st = _busy_state(fc, 5)
+    st.contacts[0] = 0  # a peer whose hash is 0, before others: must survive
+    st.recent_ids[F.RECENT_IDS - 1] = 1 << 63  # only the high byte of the last item is set
+    st.provinces[1] = 0
+    back = NumberState.unpack(st.pack())
+    assert back.to_dict() == st.to_dict()
+
+
+@pytest.mark.parametrize("blob", [b"", b"\x01" + bytes(F.PACKED_SIZE_V2 - 1), bytes(F.PACKED_SIZE_V2 + 1),
+                                  b"\x03" + bytes(F.PACKED_MIN - 1) + b"\x00",  # counts say 0, one byte over
+                                  b"\x03" + bytes(F._RINGS_AT - 1) + bytes([40, 0, 0, 0])])  # 40 contacts of 32
 def test_unpack_rejects_unknown_version_or_size(blob):
     with pytest.raises(ValueError, match="version"):
         NumberState.unpack(blob)
@@ -381,7 +414,7 @@ def test_number_store_holds_states_packed_and_settles_losslessly(fc):
     assert len(store) == 0 and store.get("a") is None
 
 
-@pytest.mark.parametrize("version", [3, 0, None, "2"])
+@pytest.mark.parametrize("version", [4, 0, None, "3"])
 def test_from_dict_rejects_unknown_version(fc, version):
     d = NumberState(T0).to_dict()
     if version is None:
