@@ -98,7 +98,9 @@ class Enricher:
         self.cell_window = int(float(fc.get("cell_window_hours", 24)) * HOUR_MS) // self.bucket_ms
         self.min_buckets = int(fc.get("bypass_min_calls", 3))
         lateness = int(float(cfg["state"].get("allowed_lateness_minutes", 60)) * 60_000) // self.bucket_ms
-        self.keep = max(self.handset_window, self.cell_window) + lateness + 1
+        # buckets a query can still reach, by kind: its window, plus a late record's reach
+        self.keep_handsets = self.handset_window + lateness + 1
+        self.keep_cells = self.cell_window + lateness + 1
         # imei → (msisdn, packed) for one line, {msisdn: packed} for several
         self.handsets: dict[str, tuple[str, int] | dict[str, int]] = {}
         self.cells: dict[str, dict[str, int]] = {}  # cell → msisdn → _cell_pack(base, mo_mask, mt_mask)
@@ -219,7 +221,7 @@ class Enricher:
         Only removals are published (as tombstones). A pair that merely lost old buckets is not
         sent again: every reader sweeps the same buckets itself, and old buckets in a published
         value are outside every window a query reads."""
-        horizon = q - self.keep
+        horizon = q - self.keep_handsets
         self._bypass_count.clear()
         for imei in list(self.handsets):
             lines = self._hs_lines(imei)
@@ -240,6 +242,7 @@ class Enricher:
                 self.handsets[imei] = next(iter(kept.items()))
             else:
                 self.handsets[imei] = kept
+        horizon = q - self.keep_cells  # a cell is read over a day, a handset over three
         for key in list(self.cells):
             lines = self.cells[key]
             for m in list(lines):

@@ -534,6 +534,20 @@ def test_sweep_drops_buckets_no_query_can_reach():
     assert enr.handsets == {} and enr.cells == {}
 
 
+def test_sweep_keeps_cell_pairs_for_the_cell_window_and_handset_pairs_for_the_handset_window():
+    """Cells are read over 24 h, handsets over 72 h: a cell pair is not held for three days."""
+    cfg = load_cfg()
+    enr = Enricher(cfg)
+    s = Stream()
+    enr.facts(s.rec(msisdn="13800000001", ts=T0, imei="861", cell_id="c1"))
+    enr.sweep((T0 + 30 * HOUR) // BUCKET)  # past 24 h + lateness (60 min), within 72 h
+    assert enr.cells == {} and list(enr.handsets) == ["861"]
+    enr.sweep((T0 + 24 * HOUR) // BUCKET)  # (an earlier sweep changes nothing)
+    assert list(enr.handsets) == ["861"]
+    enr.sweep((T0 + 74 * HOUR) // BUCKET)
+    assert enr.handsets == {}
+
+
 def test_sweep_publishes_removals_only_and_stale_values_answer_the_same():
     """A sweep that only trims old buckets sends nothing (every reader trims the same buckets);
     a pair left with no bucket is published as a tombstone. A reader that merges a value published
@@ -543,6 +557,7 @@ def test_sweep_publishes_removals_only_and_stale_values_answer_the_same():
     early = [s.rec(msisdn=f"1380000000{i}", ts=T0 + i * 7 * MINUTE, imei=imei, cell_id="c1") for i in range(3)]
     late = [s.rec(msisdn="13800000000", ts=T0 + 70 * HOUR + i * BUCKET, imei=imei, cell_id="c1") for i in range(3)]
     writer = Enricher(load_cfg(), track_changes=True)
+    writer.next_sweep = late[-1].ts + 1  # no sweep until the one below
     for r in early + late:
         writer.facts(r)
     before_sweep = writer.drain_changes()
