@@ -72,6 +72,7 @@ _RINGS = (("contacts", "I", CONTACTS), ("provinces", "I", PROVINCE_RING), ("rece
           ("contact_flags", "B", CONTACTS))
 _RING_COUNTS = struct.Struct("<4B")
 _ITEM_SIZE = tuple(array(code).itemsize for _, code, _ in _RINGS)
+assert _ITEM_SIZE == (4, 4, 8, 1)  # as `pack` cuts them
 _FULL_RING_BYTES = tuple(size * n for size, (_, _, n) in zip(_ITEM_SIZE, _RINGS))
 PACKED_SIZE_V2 = _RINGS_AT + sum(_FULL_RING_BYTES)  # 551
 PACKED_MAX = PACKED_SIZE_V2 + _RING_COUNTS.size  # 555: a v3 state with every ring full
@@ -79,15 +80,6 @@ PACKED_MIN = _RINGS_AT + _RING_COUNTS.size
 # read without unpacking, for sweeps and counts over every number (the head is the same in v2 and v3)
 _PEEK_LAST_TS = struct.Struct("<9xq")  # after the version byte and first_ts
 _PEEK_STATUS_TIER = struct.Struct("<84xBxb")  # after 1 + 7*8 + 6*4 + 3 bytes: status, fraud_confirmed, tier
-
-
-def _ring_bytes(items) -> tuple[bytes, int]:
-    """A ring's bytes without its zero tail, and how many items that keeps."""
-    raw = items if type(items) is bytearray else items.tobytes()
-    kept = raw.rstrip(b"\0")
-    size = items.itemsize if type(items) is array else 1
-    n = -(-len(kept) // size)
-    return raw[:n * size], n
 
 
 def check_packed(blob: bytes) -> None:
@@ -157,13 +149,18 @@ class NumberState:
 
     # -- packed: how states are held at rest and written to the changelog --------------------
     def pack(self) -> bytes:
-        contacts, nc = _ring_bytes(self.contacts)
-        provinces, np_ = _ring_bytes(self.provinces)
-        ids, ni = _ring_bytes(self.recent_ids)
-        flags, nf = _ring_bytes(self.contact_flags)
+        # each ring without its zero tail, cut at a whole item (inline: called at every commit)
+        contacts = self.contacts.tobytes()
+        nc = (len(contacts.rstrip(b"\0")) + 3) >> 2
+        provinces = self.provinces.tobytes()
+        np_ = (len(provinces.rstrip(b"\0")) + 3) >> 2
+        ids = self.recent_ids.tobytes()
+        ni = (len(ids.rstrip(b"\0")) + 7) >> 3
+        flags = bytes(self.contact_flags).rstrip(b"\0")
         return b"".join((_HEAD.pack(PACK_VERSION, *_GET_SCALARS(self)),
-                         self.decayed.tobytes(), self.shares.tobytes(), _RING_COUNTS.pack(nc, np_, ni, nf),
-                         contacts, provinces, ids, bytes(flags)))
+                         self.decayed.tobytes(), self.shares.tobytes(),
+                         _RING_COUNTS.pack(nc, np_, ni, len(flags)),
+                         contacts[:nc << 2], provinces[:np_ << 2], ids[:ni << 3], flags))
 
     @classmethod
     def unpack(cls, blob: bytes) -> "NumberState":

@@ -105,6 +105,7 @@ class ConfluentProducer:
                      "queue.buffering.max.messages": 1_000_000})
         conf.update(kcfg.get("rdkafka_options") or {})
         self._p = Producer(conf)
+        self._unpolled = 0
 
     def send(self, topic: str, key: bytes | None = None, value: bytes | None = None,
              partition: int | None = None, headers=None) -> _DeliveryFuture:
@@ -118,7 +119,10 @@ class ConfluentProducer:
                 break
             except BufferError:  # local queue full: let deliveries drain, then retry
                 self._p.poll(0.1)
-        self._p.poll(0)
+        self._unpolled += 1
+        if self._unpolled >= 1000:  # serve delivery reports now and then; flush serves the rest
+            self._unpolled = 0
+            self._p.poll(0)
         return fut
 
     def flush(self, timeout: float | None = None) -> None:

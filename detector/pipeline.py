@@ -27,6 +27,7 @@ class Pipeline:
         self.counts: Counter = Counter()
         self.invalid: Counter = Counter()
         self.actions: Counter = Counter()
+        self._records_ok = None
 
     def parse(self, raw: bytes | dict) -> CDR | InvalidRecord:
         try:
@@ -51,7 +52,9 @@ class Pipeline:
             return events
         self.counts["ok"] += 1
         if m:
-            m.records.labels("ok").inc()
+            if self._records_ok is None:
+                self._records_ok = m.records.labels("ok")  # the labelled child, looked up once
+            self._records_ok.inc()
             if self.detector.last_score is not None:
                 m.score.observe(self.detector.last_score)
             m.last_event_ts.set(rec.ts / 1000)
