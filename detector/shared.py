@@ -132,12 +132,19 @@ class Enricher:
         # Only a pair whose buckets actually change is published again: a busy line's further
         # records in the same bucket and cell add nothing.
         if real:
-            before = self._hs_get(rec.imei, rec.msisdn)
-            after = _hs_set_bit(before, q)
-            if after != before:
-                self._hs_put(rec.imei, rec.msisdn, after)
-                if self.track_changes:
-                    self.changed.add(("h", rec.imei, rec.msisdn))
+            v = self.handsets.get(rec.imei)
+            if type(v) is tuple and v[0] == rec.msisdn:  # the usual case, inline: one line's handset
+                before = v[1]
+                after = _hs_set_bit(before, q)
+                if after != before:
+                    self.handsets[rec.imei] = (rec.msisdn, after)
+            else:
+                before = self._hs_get(rec.imei, rec.msisdn)
+                after = _hs_set_bit(before, q)
+                if after != before:
+                    self._hs_put(rec.imei, rec.msisdn, after)
+            if after != before and self.track_changes:
+                self.changed.add(("h", rec.imei, rec.msisdn))
         lines = self.cells.get(rec.cell_id)
         if lines is None:
             lines = self.cells[rec.cell_id] = {}
