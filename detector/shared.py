@@ -216,6 +216,8 @@ class Enricher:
 
     def _bypass_like(self, p: int, lo: int, q: int) -> bool:
         """Outgoing activity in several buckets of the window and nothing incoming."""
+        if (p >> 64).bit_count() < self.min_buckets:
+            return False  # fewer buckets with any activity at all (the usual case): cheap to rule out
         base, mo, mt = _cell_unpack(p)
         if _window_bits(base, mt, lo, q):
             return False
