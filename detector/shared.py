@@ -55,6 +55,12 @@ def _window_bits(base: int, mask: int, lo: int, hi: int) -> int:
 _M32 = (1 << 32) - 1
 
 
+def _lowest_bit(mask: int) -> int:
+    """Index of the lowest set bit of a non-zero mask: a swept pair is rebased there, so its int
+    does not carry the empty buckets between the sweep's horizon and its first activity."""
+    return (mask & -mask).bit_length() - 1
+
+
 def _hs_pack(base: int, mask: int) -> int:
     """A handset pair as one int: the base bucket in the low 32 bits, the mask above."""
     return base | (mask << 32)
@@ -243,7 +249,8 @@ class Enricher:
                         if self.track_changes:  # gone: a tombstone lets compaction drop the key
                             self.changed.add(("h", imei, m))
                         continue
-                    p = _hs_pack(horizon, mask)
+                    low = _lowest_bit(mask)  # start at the first bucket left, not at the horizon
+                    p = _hs_pack(horizon + low, mask >> low)
                 kept[m] = p
             if not kept:
                 del self.handsets[imei]
@@ -260,7 +267,8 @@ class Enricher:
                     mo >>= horizon - base
                     mt >>= horizon - base
                     if mo or mt:
-                        lines[m] = _cell_pack(horizon, mo, mt)
+                        low = _lowest_bit(mo | mt)
+                        lines[m] = _cell_pack(horizon + low, mo >> low, mt >> low)
                     else:
                         del lines[m]
                         if self.track_changes:
