@@ -283,6 +283,7 @@ class Engine:
                 self.dirty.add(msisdn)  # persisted as a tombstone
 
 
+PARTITION_CACHE_MAX = 1 << 18
 SHADOWED_BY_BREAKER = 2  # NumberState.status of a line whose suspension the breaker turned to shadow
 
 
@@ -394,7 +395,9 @@ class Detector:
         self.track_changes = track_changes
         self.partitions = int(partitions or cfg["kafka"]["partitions"])
         self.engines: dict[int, Engine] = {}
-        self._partition: dict[str, int] = {}  # msisdn → partition (murmur2 in Python is slow)
+        # msisdn → partition for recently seen numbers (murmur2 in Python costs ~2 µs); bounded, so
+        # it costs at most ~25 MB however many numbers are tracked
+        self._partition: dict[str, int] = {}
         self.enricher = Enricher(cfg, track_changes)
         self.model_id = model_id(cfg)
         self.last_score: float | None = None
@@ -408,7 +411,7 @@ class Detector:
         if p is None:
             if self.partitions == 1:
                 return 0
-            if len(self._partition) > 1_000_000:
+            if len(self._partition) >= PARTITION_CACHE_MAX:
                 self._partition.clear()
             p = self._partition[msisdn] = partition_of(msisdn, self.partitions)
         return p
