@@ -272,10 +272,15 @@ def test_graceful_shutdown_and_resume(kafka_setup, daemons, daemon_slice, refere
 
 # -- 4. kill -9 in the middle: the restarted daemon ends where the backtest ends ----------------------
 @pytest.mark.parametrize("backend", ["kafka-python", "confluent"])
-def test_crash_midway_then_recovery_matches_backtest(kafka_setup, daemons, daemon_slice, reference_events, backend):
+def test_crash_midway_then_recovery_matches_backtest(kafka_setup, daemons, daemon_slice, reference_events, backend,
+                                                    tmp_path):
     s = kafka_setup
     total = daemon_slice["records"]
-    replay_inprocess(s, daemon_slice["cdrs"], daemon_slice["subscribers"])
+    # Only the first 70% is on the topic until the daemon is killed, so the kill lands midway
+    # however fast the daemon is; the rest is replayed before the restart.
+    lines = daemon_slice["lines"]
+    cut = split_at_ts_boundary(lines, 0.7)
+    replay_inprocess(s, write_lines(tmp_path / "head.jsonl", lines[:cut]), daemon_slice["subscribers"])
 
     d1 = daemons(**{BACKEND: backend})
     d1.wait_ready()
@@ -284,17 +289,15 @@ def test_crash_midway_then_recovery_matches_backtest(kafka_setup, daemons, daemo
         d1.assert_alive()
         committed = sum(s.committed_offsets("records").values())
         ok = d1.records_total()["ok"]  # read after the offsets: ok >= what they cover
-        if ok > 0.8 * total:
-            pytest.fail(f"the daemon processed {ok}/{total} records before the test could kill it midway; "
-                        "use a bigger slice or a paced replay on this machine")
         return ok if ok >= 0.3 * total and committed > 0 else None
 
-    wait_until(midway, 60, "the daemon to be 30-80% through the slice", d1.log_tail, interval=0.05)
+    wait_until(midway, 60, "the daemon to be 30-70% through the slice", d1.log_tail, interval=0.05)
     rc = d1.kill9()
     assert rc == -9
     committed = sum(s.committed_offsets("records").values())
     assert 0 < committed < total, f"committed {committed}/{total}: not a crash in the middle"
     run1 = len(s.messages("suspensions"))
+    replay_inprocess(s, write_lines(tmp_path / "tail.jsonl", lines[cut:]))
 
     # The killed consumer stays in the group until its session expires (kafka-python's default
     # session_timeout_ms is 45 s), and only then are the partitions assigned to the new daemon.
