@@ -301,11 +301,7 @@ def update_mt(state: NumberState, rec: CDR) -> None:
 
 
 def _observe_imei(state: NumberState, imei: str) -> None:
-    if imei:
-        b = imei.encode()
-        h = ((zlib.crc32(b) << 32) | zlib.adler32(b)) or 1  # hash64, inline: once per record
-    else:
-        h = 0
+    h = hash64(imei) if imei else 0
     if h != state.imei_hash:
         if state.imei_hash:
             state.imei_changes += 1.0

@@ -124,13 +124,8 @@ class Enricher:
             self.sweep(q)
         real = real_imei(rec.imei)
         self.observe(rec, q, real)
-        if real:
-            v = self.handsets[rec.imei]
-            handset = 0 if type(v) is tuple else self.handset_lines(rec.imei, rec.msisdn, q)
-        else:
-            handset = 0
-        lines = self.cells[rec.cell_id]
-        return SharedFacts(handset, self.cell_lines(rec.cell_id, rec.msisdn, q) if len(lines) > 1 else 0)
+        return SharedFacts(self.handset_lines(rec.imei, rec.msisdn, q) if real else 0,
+                           self.cell_lines(rec.cell_id, rec.msisdn, q))
 
     def observe(self, rec: CDR, q: int, real: bool | None = None) -> None:
         if real is None:
@@ -138,19 +133,12 @@ class Enricher:
         # Only a pair whose buckets actually change is published again: a busy line's further
         # records in the same bucket and cell add nothing.
         if real:
-            v = self.handsets.get(rec.imei)
-            if type(v) is tuple and v[0] == rec.msisdn:  # the usual case, inline: one line's handset
-                before = v[1]
-                after = _hs_set_bit(before, q)
-                if after != before:
-                    self.handsets[rec.imei] = (rec.msisdn, after)
-            else:
-                before = self._hs_get(rec.imei, rec.msisdn)
-                after = _hs_set_bit(before, q)
-                if after != before:
-                    self._hs_put(rec.imei, rec.msisdn, after)
-            if after != before and self.track_changes:
-                self.changed.add(("h", rec.imei, rec.msisdn))
+            before = self._hs_get(rec.imei, rec.msisdn)
+            after = _hs_set_bit(before, q)
+            if after != before:
+                self._hs_put(rec.imei, rec.msisdn, after)
+                if self.track_changes:
+                    self.changed.add(("h", rec.imei, rec.msisdn))
         lines = self.cells.get(rec.cell_id)
         if lines is None:
             lines = self.cells[rec.cell_id] = {}
