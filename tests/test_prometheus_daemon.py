@@ -242,15 +242,16 @@ def live_stack(workdir: Path):
                               timeout=600)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         start = time.time()
-        out = _run(cli() + ["replay", "--cdrs", str(cdrs), "--subscribers", str(sl / "subscribers.jsonl"),
-                            "--outcomes", str(outcomes)], env)
-        sent = json.loads(out.strip().splitlines()[-1])
-        assert sent["records"] == counts["records"] + counts["invalid"] and sent["outcomes"] == counts["outcomes"]
-
+        # The daemon is up and scraped before any record is sent: a fast daemon would otherwise
+        # finish the slice before Prometheus first scrapes it, and every rate() would be flat.
         first, second = daemons
         first.start()
         first.wait_ready(timeout=90)
         wait_prom(prom, f'up{{instance="127.0.0.1:{first.port}"}} == 1')
+        out = _run(cli() + ["replay", "--cdrs", str(cdrs), "--subscribers", str(sl / "subscribers.jsonl"),
+                            "--outcomes", str(outcomes)], env)
+        sent = json.loads(out.strip().splitlines()[-1])
+        assert sent["records"] == counts["records"] + counts["invalid"] and sent["outcomes"] == counts["outcomes"]
         first.wait_caught_up(timeout=300)
         # scale out: the second replica takes partitions and restores their state from the changelog ...
         second.start()
