@@ -41,6 +41,9 @@ class CDR(NamedTuple):
     imei: str
 
 
+_new_cdr = tuple.__new__  # CDR's own __new__ is Python code: for the common case, build the tuple directly
+
+
 class Profile(NamedTuple):
     msisdn: str
     home_region: str
@@ -153,8 +156,8 @@ def parse_cdr(raw: bytes | str | dict) -> CDR:
                 and (direction == "MO" or direction == "MT") and type(direction) is str
                 and (service == "voice" or service == "sms") and type(service) is str
                 and _region_ok(cell_region) and _region_ok(peer_region)):
-            return CDR(rid, ts, msisdn, direction, peer, service, duration, answered, cell_id,
-                       cell_region, peer_region, imei)
+            return _new_cdr(CDR, (rid, ts, msisdn, direction, peer, service, duration, answered, cell_id,
+                                  cell_region, peer_region, imei))
     return _parse_cdr_checked(obj)
 
 
@@ -205,9 +208,19 @@ def parse_outcome(raw: bytes | str | dict) -> Outcome:
     )
 
 
+_PROVINCES: dict[str, str] = {}  # region → province: region codes are few; bounded all the same
+
+
 def province(region: str) -> str:
     """`GD-SZ` → `GD`; `INTL-44` → `INTL-44` (each foreign country is its own 'province')."""
-    if region.startswith("INTL-"):
-        return region
-    cut = region.find("-")
-    return region if cut < 0 else region[:cut]
+    prov = _PROVINCES.get(region)
+    if prov is None:
+        if region.startswith("INTL-"):
+            prov = region
+        else:
+            cut = region.find("-")
+            prov = region if cut < 0 else region[:cut]
+        if len(_PROVINCES) >= 65_536:  # a feed of junk region codes must not grow it without end
+            _PROVINCES.clear()
+        _PROVINCES[region] = prov
+    return prov

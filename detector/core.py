@@ -62,6 +62,7 @@ class Engine:
         self.start_ts = 0  # event time of the first record ever processed (cold start)
         self.next_sweep = 0
         self.last_score: float | None = None
+        self.current: NumberState | None = None
         self.duplicates = 0
         self._suspended = [0] * len(self.tiers)  # lines suspended now, by tier, kept as decisions happen
         self.suspended_stale = False  # set when states are loaded from outside (a restore): recount
@@ -90,18 +91,20 @@ class Engine:
             st = self.numbers.get(rec.msisdn)
         if st is None:
             st = self.numbers[rec.msisdn] = NumberState(rec.ts)
+        self.current = st  # the state this record went to (for the Detector: a sweep may replace it)
         if self.track_changes:
             self.dirty.add(rec.msisdn)
         handset_lines, cell_lines = facts if facts is not None else NO_FACTS
         st.handset_lines = handset_lines
         st.cell_lines = cell_lines
-        profile = self.profiles.get(rec.msisdn)
 
         if rec.direction == "MT":
             F.update_mt(st, rec)
             if st.status:  # a suspended line keeps being scored, so it can be restored
-                return self._review_suspended(st, rec, profile, handset_lines, cell_lines)
-            return []
+                return self._review_suspended(st, rec, self.profiles.get(rec.msisdn), handset_lines, cell_lines)
+            return []  # (the profile is not looked up: in a large table that is a cache miss)
+
+        profile = self.profiles.get(rec.msisdn)
 
         home = province(profile.home_region) if profile else province(rec.cell_region)
         F.update_mo(st, rec, home, self.fc)
@@ -109,16 +112,16 @@ class Engine:
                             and rec.ts - st.last_pop_ts >= self.model.population_interval_ms)
         if not (feeds_population or st.status or st.n_mo >= self.min_calls):
             return []  # nothing reads this line's features yet: do not compute them
-        raw, support = self.model.raw_features(st, profile, rec.ts, handset_lines, cell_lines,
-                                               st.decayed[F.D_PREMIUM_DAY], rec.ts - self.start_ts)
+        raw, support, tenure = self.model.raw_vector(st, profile, rec.ts, handset_lines, cell_lines,
+                                                     st.decayed[F.D_PREMIUM_DAY], rec.ts - self.start_ts)
         if feeds_population:
             self.model.observe_population(raw)
             st.last_pop_ts = rec.ts
         if st.status:
-            return self._review_suspended(st, rec, profile, handset_lines, cell_lines, raw, support)
+            return self._review_suspended(st, rec, profile, handset_lines, cell_lines, (raw, support, tenure))
         if st.n_mo < self.min_calls:
             return []
-        ev = self.model.evidence(raw, support)
+        ev = self.model.evidence_vector(raw, support)
         score = self._score(st, ev)
         self.last_score = score
         bar = self.tiers[0].threshold
@@ -138,7 +141,7 @@ class Engine:
         st.suspended_ts = rec.ts
         st.below_since = 0
         st.peak_score = score
-        return [self._event("suspend", rec, tier, score, self._reasons(ev, raw), resuspension=resuspension)]
+        return [self._event("suspend", rec, tier, score, self._reasons(ev, raw, tenure), resuspension=resuspension)]
 
     def on_outcome(self, outcome: Outcome) -> list[dict]:
         """An operator's verdict: `cleared` restores at once; both verdicts teach the model."""
@@ -160,11 +163,13 @@ class Engine:
 
     # -- decisions on a suspended line ------------------------------------------------------
     def _review_suspended(self, st: NumberState, rec: CDR, profile: Profile | None, handset_lines: int,
-                          cell_lines: int, raw: dict | None = None, support: dict | None = None) -> list[dict]:
-        if raw is None:
-            raw, support = self.model.raw_features(st, profile, rec.ts, handset_lines, cell_lines,
-                                                   st.decayed[F.D_PREMIUM_DAY], rec.ts - self.start_ts)
-        ev = self.model.evidence(raw, support)
+                          cell_lines: int, features: tuple | None = None) -> list[dict]:
+        """`features` is `raw_vector`'s answer for this record when the caller has it already."""
+        if features is None:
+            features = self.model.raw_vector(st, profile, rec.ts, handset_lines, cell_lines,
+                                             st.decayed[F.D_PREMIUM_DAY], rec.ts - self.start_ts)
+        raw, support, tenure = features
+        ev = self.model.evidence_vector(raw, support)
         score = self._score(st, ev)
         self.last_score = score
         if score > st.peak_score:
@@ -175,7 +180,7 @@ class Engine:
             st.tier = self._tier_of(score - self.escalate_margin)
             self._suspended[st.tier] += 1
             st.below_since = 0
-            return [self._event("escalate", rec, st.tier, score, self._reasons(ev, raw))]
+            return [self._event("escalate", rec, st.tier, score, self._reasons(ev, raw, tenure))]
         if not (self.restore_enabled and self.tiers[st.tier].auto_restore and not st.fraud_confirmed):
             return []
         if score >= self.restore_below:
@@ -227,8 +232,8 @@ class Engine:
                 counts[tier] += 1
         return counts
 
-    def _score(self, st: NumberState, ev: dict) -> float:
-        score = self.model.score(ev)
+    def _score(self, st: NumberState, ev: list[float]) -> float:
+        score = self.model.score_vector(ev)
         if st.fraud_confirmed and 0.0 < score < 1.0:  # restored fraud lines often offend again
             z = math.log(score / (1.0 - score)) + self.watch_bias
             score = 1.0 / (1.0 + math.exp(-z))
@@ -242,13 +247,15 @@ class Engine:
         return tier
 
     def _current_evidence(self, st: NumberState, msisdn: str, ts: int) -> dict:
-        raw, support = self.model.raw_features(st, self.profiles.get(msisdn), ts, st.handset_lines,
-                                               st.cell_lines, st.decayed[F.D_PREMIUM_DAY], ts - self.start_ts)
-        return self.model.evidence(raw, support)
+        raw, support, tenure = self.model.raw_vector(st, self.profiles.get(msisdn), ts, st.handset_lines,
+                                                     st.cell_lines, st.decayed[F.D_PREMIUM_DAY], ts - self.start_ts)
+        return self.model.as_dicts(raw, self.model.evidence_vector(raw, support), tenure)[1]
 
-    def _reasons(self, ev: dict, raw: dict) -> list[dict]:
+    def _reasons(self, ev: list[float], raw: list[float], tenure: float | None) -> list[dict]:
+        raw_named, ev_named = self.model.as_dicts(raw, ev, tenure)
         typical = self.model.typical()
-        return [describe(name, raw, typical) for name, _ in self.model.contributions(ev)[: self.n_reasons]]
+        return [describe(name, raw_named, typical)
+                for name, _ in self.model.contributions(ev_named)[: self.n_reasons]]
 
     def _event(self, action: str, rec: CDR, tier: int, score: float, reasons: list[dict],
                resuspension: bool = False) -> dict:
@@ -429,7 +436,8 @@ class Detector:
     def on_record(self, rec: CDR, facts: SharedFacts | None = None, offset: int = -1) -> list[dict]:
         """`offset` is the record's input offset when it has one: a record at or below the offset
         a number's state already holds (replayed after a crash) is skipped, not applied twice."""
-        eng = self.engines.get(self.partition(rec.msisdn)) or self.engine(rec.msisdn)
+        partition = self.partition(rec.msisdn)
+        eng = self.engines.get(partition) or self.engine(rec.msisdn)
         numbers = eng.numbers
         if len(numbers.hot) >= numbers.hot_max:
             numbers.settle()  # at a record boundary: no state is in use
@@ -456,9 +464,9 @@ class Detector:
         if st is not None and st.status == SHADOWED_BY_BREAKER and not self.breaker.tripped:
             eng.lift_suspension(st)  # never enforced; the breaker is re-armed: decide afresh
         if facts is None:
-            facts = self.enricher.facts(rec)
+            facts = self.enricher.facts(rec, partition)
         events = eng.on_record(rec, facts, st)
-        st = eng.numbers[rec.msisdn]  # again: the engine's sweep may have replaced it
+        st = eng.current  # not `st`: the engine's sweep may have replaced it
         if events:
             events = self.breaker.filter(events)
             if any(e.get("_breaker") and e["action"] == "suspend" for e in events):

@@ -479,11 +479,10 @@ class Daemon(ConsumerRebalanceListener):
         return self.last_ts.get(p)
 
     def _publish_shared(self) -> None:
-        for kind, thing, msisdn, entry in self.detector.enricher.drain_changes():
-            p = self.detector.partition(msisdn)
-            if p in self.owned:
-                self._send(self.topics["shared"], key=f"{kind}|{thing}|{msisdn}".encode(),
-                                   value=state.encode_pair(entry), partition=p)
+        owned = self.owned
+        for p, key, value in state.shared_changes(self.detector):
+            if p in owned:
+                self._send(self.topics["shared"], key=key, value=value, partition=p)
         for p in sorted(self.owned):
             wm = self._watermark(p)
             if wm is not None and wm != self.published_wm.get(p):

@@ -58,7 +58,13 @@ FEATURES: tuple[Feature, ...] = (
     Feature("long_tenure", "flag", 0.0, 0.0),
 )
 FEATURE_NAMES = tuple(f.name for f in FEATURES)
-_KINDS = tuple((f.name, f.kind) for f in FEATURES)
+N_FEATURES = len(FEATURES)
+# Scoring works on lists in FEATURES order (a record is scored many times more often than it is
+# explained); `as_dicts` names them for reasons, learning and tests.
+_COUNTS = tuple(i for i, f in enumerate(FEATURES) if f.kind == "count")
+_SHARES_HIGH = tuple(i for i, f in enumerate(FEATURES) if f.kind == "share_high")
+_SHARES_LOW = tuple(i for i, f in enumerate(FEATURES) if f.kind == "share_low")
+_SHARES = frozenset(_SHARES_HIGH + _SHARES_LOW)
 
 
 def _clip01(x: float) -> float:
@@ -95,6 +101,8 @@ class RiskModel:
         self.baseline = PopulationBaseline([f for f in FEATURES if f.kind != "flag"])
         self.population_n = 0
         self._typical_cache: dict[str, float] | None = None
+        self._spec: tuple | None = None  # per-kind constants of `evidence_vector`, from typical()
+        self._refresh_weights()
 
     # -- what is typical ---------------------------------------------------------------------
     def typical(self) -> dict[str, float]:
@@ -111,18 +119,34 @@ class RiskModel:
             self._typical_cache = out
         return self._typical_cache
 
-    def observe_population(self, raw: dict[str, float]) -> None:
+    def observe_population(self, raw: list[float]) -> None:
+        """One subscriber's raw feature values (FEATURES order) into the baselines."""
         self.baseline.update(raw)
         self.population_n += 1
         # Baselines move slowly; recomputing the cache every 64 updates keeps scoring cheap.
         if self.population_n % 64 == 0 or self.population_n == self.min_population:
             self._typical_cache = None
+            self._spec = None
+
+    def _evidence_spec(self) -> tuple:
+        """What `evidence_vector` needs of the typical values, computed once per refresh of the
+        cache. Each constant is the same float the formula would compute (t + 1, m·t, 1 − t, …),
+        so evidence is bit for bit what the per-feature formula gives."""
+        typ = self.typical()
+        m = self.prior_calls
+        t = [typ[f.name] for f in FEATURES]
+        counts = tuple((i, t[i] + 1.0) for i in _COUNTS)
+        high = tuple((i, t[i], m * t[i], (1.0 - t[i]) if t[i] < 1.0 else 0.0) for i in _SHARES_HIGH)
+        low = tuple((i, t[i], m * t[i], max(t[i], self.share_low_floor)) for i in _SHARES_LOW)
+        self._spec = (counts, high, low)
+        return self._spec
 
     # -- raw features --------------------------------------------------------------------------
-    def raw_features(self, st: NumberState, profile: Profile | None, ts: int,
-                     handset_lines: int, cell_lines: int, premium_calls: float,
-                     watched_ms: int) -> tuple[dict, dict]:
-        """Raw feature values, and how many observations back each share (for shrinkage).
+    def raw_vector(self, st: NumberState, profile: Profile | None, ts: int,
+                   handset_lines: int, cell_lines: int, premium_calls: float,
+                   watched_ms: int) -> tuple[list[float], list[float], float | None]:
+        """Raw feature values (FEATURES order), how many observations back each share (for
+        shrinkage; 0 for counts and flags), and the line's tenure in days (None: no profile).
 
         `watched_ms` is how long the detector has been watching the stream: until it has seen a
         day of traffic it cannot know a line's contacts, so "never-seen peer", "never calls back"
@@ -136,73 +160,102 @@ class RiskModel:
         cb, called = F.callback_share(st)
         traffic = d[F.D_MO_DAY] + d[F.D_MT_DAY]
         tenure = F.tenure_days(profile, ts)
-        raw = {
-            "calls_last_hour": d[F.D_MO_HOUR],
-            "new_peer_share": s[F.S_NEW_PEER],
-            "unanswered_share": s[F.S_UNANSWERED],
-            "short_call_share": s[F.S_SHORT],
-            "out_of_province_share": s[F.S_OUT_OF_PROVINCE],
-            "province_spread": F.province_spread(st),
-            "intl_share": s[F.S_INTL],
-            "premium_calls": premium_calls,
-            "intl_minutes": d[F.D_INTL_MIN_DAY],
-            "night_share": s[F.S_NIGHT],
-            "inbound_share": (d[F.D_MT_DAY] / traffic) if traffic > 0 else 0.0,
-            "callback_share": cb,
-            "handset_lines": float(handset_lines),
-            "cell_bypass_lines": float(cell_lines),
-            "handset_change": 1.0 if st.imei_changes >= 0.5 else 0.0,
-            "new_line": math.exp(-tenure / self.new_line_days) if tenure is not None else 0.0,
-            "prepaid": 1.0 if profile is not None and profile.plan == "prepaid" else 0.0,
-            "unverified": 1.0 if profile is not None and not profile.id_verified else 0.0,
-            "business_account": min(1.0, tenure / 365.0) if (
-                profile is not None and tenure is not None and profile.segment == "business"
-                and profile.plan == "postpaid" and profile.id_verified) else 0.0,
-            "long_tenure": min(1.0, tenure / self.long_tenure_days) if tenure is not None else 0.0,
-            "tenure_days": tenure,
-        }
-        support = {
-            "new_peer_share": n_calls * known, "unanswered_share": n_voice, "short_call_share": n_voice,
-            "out_of_province_share": n_calls, "province_spread": min(float(st.n_mo), F.PROVINCE_RING),
-            "intl_share": n_calls, "night_share": n_calls, "inbound_share": traffic * known,
-            "callback_share": float(called) * known,
-        }
-        return raw, support
+        if profile is None:
+            prepaid = unverified = business = 0.0
+        else:
+            prepaid = 1.0 if profile.plan == "prepaid" else 0.0
+            unverified = 0.0 if profile.id_verified else 1.0
+            business = min(1.0, tenure / 365.0) if (
+                tenure is not None and profile.segment == "business" and profile.plan == "postpaid"
+                and profile.id_verified) else 0.0
+        raw = [
+            d[F.D_MO_HOUR],  # calls_last_hour
+            s[F.S_NEW_PEER],  # new_peer_share
+            s[F.S_UNANSWERED],  # unanswered_share
+            s[F.S_SHORT],  # short_call_share
+            s[F.S_OUT_OF_PROVINCE],  # out_of_province_share
+            F.province_spread(st),  # province_spread
+            s[F.S_INTL],  # intl_share
+            premium_calls,  # premium_calls
+            d[F.D_INTL_MIN_DAY],  # intl_minutes
+            s[F.S_NIGHT],  # night_share
+            (d[F.D_MT_DAY] / traffic) if traffic > 0 else 0.0,  # inbound_share
+            cb,  # callback_share
+            float(handset_lines),  # handset_lines
+            float(cell_lines),  # cell_bypass_lines
+            1.0 if st.imei_changes >= 0.5 else 0.0,  # handset_change
+            math.exp(-tenure / self.new_line_days) if tenure is not None else 0.0,  # new_line
+            prepaid,  # prepaid
+            unverified,  # unverified
+            business,  # business_account
+            min(1.0, tenure / self.long_tenure_days) if tenure is not None else 0.0,  # long_tenure
+        ]
+        support = [
+            0.0, n_calls * known, n_voice, n_voice, n_calls, min(float(st.n_mo), F.PROVINCE_RING), n_calls,
+            0.0, 0.0, n_calls, traffic * known, float(called) * known,
+            0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+        ]
+        return raw, support, tenure
 
+    def raw_features(self, st: NumberState, profile: Profile | None, ts: int,
+                     handset_lines: int, cell_lines: int, premium_calls: float,
+                     watched_ms: int) -> tuple[dict, dict]:
+        """`raw_vector` by name: raw values (plus `tenure_days`), and the support of each share."""
+        raw, support, tenure = self.raw_vector(st, profile, ts, handset_lines, cell_lines, premium_calls,
+                                               watched_ms)
+        named = dict(zip(FEATURE_NAMES, raw))
+        named["tenure_days"] = tenure
+        return named, {FEATURE_NAMES[i]: support[i] for i in sorted(_SHARES)}
 
     # -- evidence and score --------------------------------------------------------------------
-    def evidence(self, raw: dict, support: dict) -> dict[str, float]:
-        """How far each feature sits on the suspicious side of typical, in [0, 1]."""
-        typ = self.typical()
+    def evidence_vector(self, raw: list[float], support: list[float]) -> list[float]:
+        """How far each feature sits on the suspicious side of typical, in [0, 1] (FEATURES order).
+
+        counts: log2 of the ratio to typical, a third per doubling; shares: shrunk towards typical
+        by `prior_calls` pseudo-observations, then the distance to typical over its room (high)
+        or relative to typical (low: a rare behaviour's absence is no evidence); flags as they are."""
+        counts, high, low = self._spec or self._evidence_spec()
         m = self.prior_calls
-        ev = {}
-        for name, kind in _KINDS:
-            x = raw[name]
-            if kind == "flag":
-                ev[name] = x
-                continue
-            t = typ[name]
-            if kind == "count":
-                ev[name] = _clip01(math.log2((x + 1.0) / (t + 1.0)) / 3.0)
-                continue
-            n = support[name]
-            x = (n * x + m * t) / (n + m)  # shrink towards typical
-            if kind == "share_high":
-                ev[name] = _clip01((x - t) / (1.0 - t)) if t < 1.0 else 0.0
+        ev = raw[:]
+        for i, t1 in counts:
+            v = math.log2((raw[i] + 1.0) / t1) / 3.0
+            ev[i] = 0.0 if v < 0.0 else 1.0 if v > 1.0 else v
+        for i, t, mt, room in high:
+            if room:
+                n = support[i]
+                v = ((n * raw[i] + mt) / (n + m) - t) / room
+                ev[i] = 0.0 if v < 0.0 else 1.0 if v > 1.0 else v
             else:
-                # relative to typical, but a rare behaviour's absence is no evidence
-                ev[name] = _clip01((t - x) / max(t, self.share_low_floor))
+                ev[i] = 0.0
+        for i, t, mt, scale in low:
+            n = support[i]
+            v = (t - (n * raw[i] + mt) / (n + m)) / scale
+            ev[i] = 0.0 if v < 0.0 else 1.0 if v > 1.0 else v
         return ev
 
-    def score(self, ev: dict[str, float]) -> float:
-        w = self.lr._weights
+    def evidence(self, raw: dict, support: dict) -> dict[str, float]:
+        """`evidence_vector` by name."""
+        ev = self.evidence_vector([raw[n] for n in FEATURE_NAMES], [support.get(n, 0.0) for n in FEATURE_NAMES])
+        return dict(zip(FEATURE_NAMES, ev))
+
+    def score_vector(self, ev: list[float]) -> float:
         z = self.lr.intercept
-        for name, e in ev.items():
+        for w, e in zip(self._w, ev):
             if e:
-                z += w[name] * e
+                z += w * e
         if z < -30:
             return 0.0
         return 1.0 / (1.0 + math.exp(-z))
+
+    def score(self, ev: dict[str, float]) -> float:
+        return self.score_vector([ev[n] for n in FEATURE_NAMES])
+
+    @staticmethod
+    def as_dicts(raw: list[float], ev: list[float], tenure: float | None) -> tuple[dict, dict]:
+        """Raw values (with `tenure_days`) and evidence by feature name: for reasons and learning."""
+        named = dict(zip(FEATURE_NAMES, raw))
+        named["tenure_days"] = tenure
+        return named, dict(zip(FEATURE_NAMES, ev))
 
     def contributions(self, ev: dict[str, float]) -> list[tuple[str, float]]:
         """Evidence × weight, largest first: what drove a decision."""
@@ -214,6 +267,12 @@ class RiskModel:
     def learn(self, ev: dict[str, float], is_fraud: bool) -> None:
         """An operator's verdict (issue: restore the innocent) moves the weights."""
         self.lr.learn_one(ev, is_fraud)
+        self._refresh_weights()
+
+    def _refresh_weights(self) -> None:
+        """The weights in FEATURES order, for `score_vector` (they change only by learning)."""
+        w = self.lr._weights
+        self._w = tuple(w[name] for name in FEATURE_NAMES)
 
     # -- persistence ---------------------------------------------------------------------------
     def weights(self) -> dict[str, float]:
@@ -235,6 +294,8 @@ class RiskModel:
         self.population_n = int(d["population_n"])
         self.baseline.load_dict(d["baseline"])
         self._typical_cache = None
+        self._spec = None
+        self._refresh_weights()
 
 
 class PopulationBaseline:
@@ -250,6 +311,7 @@ class PopulationBaseline:
     def __init__(self, features: list[Feature]):
         self.names = [f.name for f in features]
         self.is_count = np.array([f.kind == "count" for f in features])
+        self._at = tuple(FEATURES.index(f) for f in features)  # each one's place in a raw vector
         self.hist = np.zeros((len(features), self.BINS))
         self._log_top = math.log1p(self.COUNT_MAX)
 
@@ -262,9 +324,10 @@ class PopulationBaseline:
         u = u / self.BINS
         return math.expm1(u * self._log_top) if self.is_count[i] else u
 
-    def update(self, raw: dict[str, float]) -> None:
-        for i, name in enumerate(self.names):
-            self.hist[i, self._bin(i, raw[name])] += 1.0
+    def update(self, raw: list[float]) -> None:
+        """One subscriber's raw values, in FEATURES order."""
+        for i, at in enumerate(self._at):
+            self.hist[i, self._bin(i, raw[at])] += 1.0
 
     def quantile(self, name: str, q: float) -> float:
         i = self.names.index(name)

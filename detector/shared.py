@@ -66,6 +66,15 @@ def _hs_pack(base: int, mask: int) -> int:
     return base | (mask << 32)
 
 
+def _hs_of(v: tuple[str, int] | dict[str, int] | None, msisdn: str) -> int | None:
+    """A line's pair among a handset's lines (None: not seen there)."""
+    if v is None:
+        return None
+    if type(v) is tuple:
+        return v[1] if v[0] == msisdn else None
+    return v.get(msisdn)
+
+
 def _hs_set_bit(p: int | None, b: int) -> int:
     if p is None:
         return _hs_pack(b, 1)
@@ -112,33 +121,44 @@ class Enricher:
         self.cells: dict[str, dict[str, int]] = {}  # cell → msisdn → _cell_pack(base, mo_mask, mt_mask)
         self._bypass_count: dict[str, tuple[int, int]] = {}  # cell → (bucket, bypass-like lines then)
         self.track_changes = track_changes
-        self.changed: set[tuple[str, str, str]] = set()  # ("h"|"c", key, msisdn) to publish
+        # ("h"|"c", key, msisdn) to publish → the line's input partition (-1: not known here)
+        self.changed: dict[tuple[str, str, str], int] = {}
         self.next_sweep = 0
 
     # -- the query ----------------------------------------------------------------------------
-    def facts(self, rec: CDR) -> SharedFacts:
-        """Record `rec`, then answer from the buckets that ended before its own began."""
+    def facts(self, rec: CDR, partition: int = -1) -> SharedFacts:
+        """Record `rec`, then answer from the buckets that ended before its own began.
+
+        `partition` is the input partition of the record's number when the caller knows it: it
+        goes with the changed pairs, so the publisher need not work it out again."""
         q = rec.ts // self.bucket_ms
         if rec.ts >= self.next_sweep:
             self.next_sweep = rec.ts + 6 * HOUR_MS
             self.sweep(q)
-        real = real_imei(rec.imei)
-        self.observe(rec, q, real)
-        return SharedFacts(self.handset_lines(rec.imei, rec.msisdn, q) if real else 0,
-                           self.cell_lines(rec.cell_id, rec.msisdn, q))
+        handset = 0
+        if real_imei(rec.imei):
+            on_handset = self._observe_handset(rec.imei, rec.msisdn, q, partition)
+            if type(on_handset) is not tuple:  # several lines on this handset
+                handset = self._handset_lines(on_handset, rec.msisdn, q)
+        lines, me = self._observe_cell(rec, q, partition)
+        return SharedFacts(handset, self._cell_lines(rec.cell_id, lines, me, q) if len(lines) > 1 else 0)
 
-    def observe(self, rec: CDR, q: int, real: bool | None = None) -> None:
-        if real is None:
-            real = real_imei(rec.imei)
-        # Only a pair whose buckets actually change is published again: a busy line's further
-        # records in the same bucket and cell add nothing.
-        if real:
-            before = self._hs_get(rec.imei, rec.msisdn)
-            after = _hs_set_bit(before, q)
-            if after != before:
-                self._hs_put(rec.imei, rec.msisdn, after)
-                if self.track_changes:
-                    self.changed.add(("h", rec.imei, rec.msisdn))
+    # Only a pair whose buckets actually change is published again: a busy line's further records
+    # in the same bucket and cell add nothing.
+    def _observe_handset(self, imei: str, msisdn: str, q: int, partition: int) -> tuple[str, int] | dict[str, int]:
+        """Mark the line on its handset in bucket q; returns the handset's lines afterwards."""
+        v = self.handsets.get(imei)
+        before = _hs_of(v, msisdn)
+        after = _hs_set_bit(before, q)
+        if after == before:
+            return v
+        if self.track_changes:
+            self.changed[("h", imei, msisdn)] = partition
+        return self._hs_put(imei, msisdn, after)
+
+    def _observe_cell(self, rec: CDR, q: int, partition: int) -> tuple[dict[str, int], int]:
+        """Mark the line on its cell in bucket q (outgoing or incoming); returns the cell's lines
+        and the line's own pair afterwards."""
         lines = self.cells.get(rec.cell_id)
         if lines is None:
             lines = self.cells[rec.cell_id] = {}
@@ -146,7 +166,7 @@ class Enricher:
         base, mo, mt = (q, 0, 0) if p is None else _cell_unpack(p)
         mo_record = rec.direction == "MO"
         if base <= q and ((mo if mo_record else mt) >> (q - base)) & 1:
-            return  # already seen in this bucket: nothing changes
+            return lines, p  # already seen in this bucket: nothing changes
         if q < base:  # a late record: rebase
             mo <<= base - q
             mt <<= base - q
@@ -155,30 +175,28 @@ class Enricher:
             mo |= 1 << (q - base)
         else:
             mt |= 1 << (q - base)
-        lines[rec.msisdn] = _cell_pack(base, mo, mt)
+        p = lines[rec.msisdn] = _cell_pack(base, mo, mt)
         cached = self._bypass_count.get(rec.cell_id)
         if cached is not None and q < cached[0]:  # a late record: inside some cached window
             del self._bypass_count[rec.cell_id]
         if self.track_changes:
-            self.changed.add(("c", rec.cell_id, rec.msisdn))
+            self.changed[("c", rec.cell_id, rec.msisdn)] = partition
+        return lines, p
 
     # handsets: one line as a tuple, several as a dict
     def _hs_get(self, imei: str, msisdn: str) -> int | None:
-        v = self.handsets.get(imei)
-        if v is None:
-            return None
-        if type(v) is tuple:
-            return v[1] if v[0] == msisdn else None
-        return v.get(msisdn)
+        return _hs_of(self.handsets.get(imei), msisdn)
 
-    def _hs_put(self, imei: str, msisdn: str, packed: int) -> None:
+    def _hs_put(self, imei: str, msisdn: str, packed: int) -> tuple[str, int] | dict[str, int]:
+        """Store a line's pair on a handset; returns the handset's lines afterwards."""
         v = self.handsets.get(imei)
         if v is None or (type(v) is tuple and v[0] == msisdn):
-            self.handsets[imei] = (msisdn, packed)
+            v = self.handsets[imei] = (msisdn, packed)
         elif type(v) is tuple:
-            self.handsets[imei] = {v[0]: v[1], msisdn: packed}
+            v = self.handsets[imei] = {v[0]: v[1], msisdn: packed}
         else:
             v[msisdn] = packed
+        return v
 
     def _hs_lines(self, imei: str) -> dict[str, int]:
         v = self.handsets.get(imei)
@@ -186,20 +204,15 @@ class Enricher:
             return {}
         return {v[0]: v[1]} if type(v) is tuple else v
 
-    def handset_lines(self, imei: str, msisdn: str, q: int) -> int:
-        v = self.handsets.get(imei)
-        if v is None or type(v) is tuple:
-            return 0
+    def _handset_lines(self, lines: dict[str, int], msisdn: str, q: int) -> int:
+        """Other lines seen on a handset with several, in the window before bucket q."""
         lo = q - self.handset_window
-        return sum(1 for m, p in v.items() if m != msisdn and _window_bits(p & _M32, p >> 32, lo, q))
+        return sum(1 for m, p in lines.items() if m != msisdn and _window_bits(p & _M32, p >> 32, lo, q))
 
-    def cell_lines(self, cell: str, msisdn: str, q: int) -> int:
-        lines = self.cells.get(cell)
-        if not lines or len(lines) == 1:
-            return 0
+    def _cell_lines(self, cell: str, lines: dict[str, int], me: int, q: int) -> int:
+        """Other bypass-like lines on a cell with several, when this line (pair `me`) is one."""
         lo = q - self.cell_window
-        me = lines.get(msisdn)
-        if me is None or not self._bypass_like(me, lo, q):
+        if not self._bypass_like(me, lo, q):
             return 0
         cached = self._bypass_count.get(cell)
         if cached is not None and cached[0] == q:
@@ -235,7 +248,7 @@ class Enricher:
                     mask = (p >> 32) >> (horizon - base)
                     if not mask:
                         if self.track_changes:  # gone: a tombstone lets compaction drop the key
-                            self.changed.add(("h", imei, m))
+                            self.changed.setdefault(("h", imei, m), -1)
                         continue
                     low = _lowest_bit(mask)  # start at the first bucket left, not at the horizon
                     p = _hs_pack(horizon + low, mask >> low)
@@ -260,23 +273,26 @@ class Enricher:
                     else:
                         del lines[m]
                         if self.track_changes:
-                            self.changed.add(("c", key, m))
+                            self.changed.setdefault(("c", key, m), -1)
             if not lines:
                 del self.cells[key]
 
     # -- distribution: one compacted record per (thing, line) ----------------------------------
-    def drain_changes(self) -> list[tuple[str, str, str, list | None]]:
-        """(kind, key, msisdn, entry or None) for every pair changed since the last call;
-        an entry is [base, mask] for a handset and [base, mo_mask, mt_mask] for a cell."""
+    def drain_changes(self) -> list[tuple[str, str, str, list | None, int]]:
+        """(kind, key, msisdn, entry or None, partition) for every pair changed since the last call,
+        in no particular order (each key stands alone); an entry is [base, mask] for a handset and
+        [base, mo_mask, mt_mask] for a cell; partition is the line's as `facts` was told (-1: not)."""
         out = []
-        for kind, key, m in sorted(self.changed):
+        cells = self.cells
+        for (kind, key, m), partition in self.changed.items():
             if kind == "h":
                 p = self._hs_get(key, m)
                 entry = None if p is None else [p & _M32, p >> 32]
             else:
-                p = self.cells.get(key, {}).get(m)
+                lines = cells.get(key)
+                p = None if lines is None else lines.get(m)
                 entry = None if p is None else list(_cell_unpack(p))
-            out.append((kind, key, m, entry))
+            out.append((kind, key, m, entry, partition))
         self.changed.clear()
         return out
 

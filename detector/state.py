@@ -42,13 +42,13 @@ def load_engine_meta(engine: Engine, meta: dict) -> dict[str, int]:
 
 
 def drain_changes(detector: Detector, partition: int, positions: dict[str, int]) -> list[tuple[bytes, bytes | None]]:
-    """Everything of one partition that changed since the last call, meta last."""
+    """Everything of one partition that changed since the last call, meta last (numbers in no
+    particular order: each key stands alone)."""
     eng = detector.engines.get(partition)
     if eng is None:
         return []
-    out: list[tuple[bytes, bytes | None]] = []
-    for msisdn in sorted(eng.dirty):
-        out.append((f"n:{msisdn}".encode(), eng.numbers.packed(msisdn)))
+    packed = eng.numbers.packed
+    out: list[tuple[bytes, bytes | None]] = [(f"n:{msisdn}".encode(), packed(msisdn)) for msisdn in eng.dirty]
     eng.dirty.clear()
     meta = engine_meta(eng, positions)
     meta["breaker"] = detector.breaker.to_dict()
@@ -57,10 +57,27 @@ def drain_changes(detector: Detector, partition: int, positions: dict[str, int])
 
 
 def encode_pair(entry: list | None) -> bytes | None:
-    """A (thing, line) bucket mask for the shared topic; masks are hex (they exceed 64 bits)."""
+    """A (thing, line) bucket mask for the shared topic; masks are hex (they exceed 64 bits).
+
+    `{"v":1,"b":<base>,"m":["<hex>", …]}`, written by bytes formatting: it is sent for about one
+    and a half pairs per input record, and this is five times cheaper than building the dict."""
     if entry is None:
         return None
+    if len(entry) == 2:
+        return b'{"v":%d,"b":%d,"m":["%x"]}' % (STATE_VERSION, entry[0], entry[1])
+    if len(entry) == 3:
+        return b'{"v":%d,"b":%d,"m":["%x","%x"]}' % (STATE_VERSION, entry[0], entry[1], entry[2])
     return orjson.dumps({"v": STATE_VERSION, "b": entry[0], "m": [format(x, "x") for x in entry[1:]]})
+
+
+def shared_changes(detector: Detector) -> list[tuple[int, bytes, bytes | None]]:
+    """(partition, key, value) for every shared pair changed since the last call (a tombstone
+    for a pair that is gone), in the line's partition: what the daemon publishes."""
+    out = []
+    partition_of = detector.partition
+    for kind, thing, msisdn, entry, p in detector.enricher.drain_changes():
+        out.append((p if p >= 0 else partition_of(msisdn), f"{kind}|{thing}|{msisdn}".encode(), encode_pair(entry)))
+    return out
 
 
 def decode_pair(value: bytes) -> list:

@@ -1,11 +1,14 @@
 """detector/features.py (and the cross-number Enricher of core.py): small cases computed by hand."""
 from __future__ import annotations
 
+import random
+
 import orjson
 import pytest
 
 from conftest import DAY, HOUR, MINUTE, T0, Stream, load_cfg
 from detector import features as F
+from detector import state
 from detector.shared import Enricher, SharedFacts
 from detector.features import (
     CONTACTS,
@@ -468,7 +471,7 @@ def test_merging_another_writers_pairs_equals_seeing_the_records():
     a, b = Enricher(load_cfg(), track_changes=True), Enricher(load_cfg(), track_changes=True)
     for r in recs:
         (a if r.msisdn.endswith("0") else b).facts(r)
-    for kind, key, m, entry in b.drain_changes():
+    for kind, key, m, entry, _ in b.drain_changes():
         a.merge(kind, key, m, entry)
     assert a.handsets == whole.handsets and a.cells == whole.cells
 
@@ -561,11 +564,11 @@ def test_sweep_publishes_removals_only_and_stale_values_answer_the_same():
     for r in early + late:
         writer.facts(r)
     before_sweep = writer.drain_changes()
-    assert before_sweep and all(entry is not None for *_, entry in before_sweep)
+    assert before_sweep and all(entry is not None for _, _, _, entry, _ in before_sweep)
     writer.sweep((T0 + 80 * HOUR) // BUCKET)  # trims line 0's early buckets, drops lines 1 and 2
     gone = writer.drain_changes()
-    assert gone and all(entry is None for *_, entry in gone)
-    assert {m for _, _, m, _ in gone} == {"13800000001", "13800000002"}
+    assert gone and all(entry is None for _, _, _, entry, _ in gone)
+    assert {m for _, _, m, _, _ in gone} == {"13800000001", "13800000002"}
     probe = s.rec(msisdn="13800000009", ts=T0 + 80 * HOUR + BUCKET, imei=imei, cell_id="c1")
     want = writer.facts(probe)
     assert want.handset_lines == 1  # line 0, seen at 70 h; lines 1 and 2 are out of the window
@@ -573,6 +576,20 @@ def test_sweep_publishes_removals_only_and_stale_values_answer_the_same():
         reader = Enricher(load_cfg())
         if not own_sweep:  # stale buckets kept: they must still not count
             reader.next_sweep = probe.ts + 1
-        for kind, key, m, entry in before_sweep + gone:
+        for kind, key, m, entry, _ in before_sweep + gone:
             reader.merge(kind, key, m, entry)
         assert reader.facts(probe) == want
+
+
+def test_shared_pair_encoding_is_the_json_the_contract_describes():
+    """`encode_pair` formats bytes directly; it must write exactly the JSON orjson would, and
+    `decode_pair` must read it back, for handset ([base, mask]) and cell ([base, mo, mt]) entries
+    with masks from empty to wider than a day of buckets."""
+    rng = random.Random(5)
+    for _ in range(2000):
+        widths = rng.choice([(0,), (1,), (64,), (900,), (0, 0), (3, 300), (288, 1), (65, 64)])
+        entry = [rng.randrange(1 << 32)] + [rng.getrandbits(w) if w else 0 for w in widths]
+        want = orjson.dumps({"v": state.STATE_VERSION, "b": entry[0], "m": [format(x, "x") for x in entry[1:]]})
+        assert state.encode_pair(entry) == want
+        assert state.decode_pair(state.encode_pair(entry)) == entry
+    assert state.encode_pair(None) is None
