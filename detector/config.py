@@ -104,9 +104,14 @@ def validate(cfg: dict) -> None:
             raise ConfigError(f"tiers.{name}.mode must be enforce or shadow")
     if not 0.0 <= cfg["restore"]["below_score"] < tiers["low"]["threshold"]:
         raise ConfigError("restore.below_score must be below tiers.low.threshold")
-    backend = cfg.get("kafka", {}).get("producer_backend", "kafka-python")
-    if backend not in ("kafka-python", "confluent"):
-        raise ConfigError(f"kafka.producer_backend must be kafka-python or confluent, got {backend!r}")
+    kafka = cfg.get("kafka", {})
+    for name in ("producer_backend", "consumer_backend"):
+        backend = kafka.get(name, "kafka-python")
+        if backend not in ("kafka-python", "confluent"):
+            raise ConfigError(f"kafka.{name} must be kafka-python or confluent, got {backend!r}")
+    for name in ("rdkafka_options", "rdkafka_consumer_options"):
+        if not isinstance(kafka.get(name) or {}, Mapping):
+            raise ConfigError(f"kafka.{name} must be a mapping of librdkafka properties, got {kafka.get(name)!r}")
 
 
 def model_id(cfg: dict) -> str:

@@ -10,7 +10,8 @@ from . import kafka_io
 
 
 def read_topic(kcfg: dict, topic: str, timeout_s: float = 60.0) -> list:
-    """Every message now in `topic`, as kafka-python ConsumerRecords, partition by partition."""
+    """Every message now in `topic`, partition by partition: kafka-python ConsumerRecords, or
+    kafka_io.ConsumerRecords (the same fields) with kafka.consumer_backend confluent."""
     c = kafka_io.consumer(kcfg, group=False)
     try:
         parts = c.partitions_for_topic(topic) or set()

@@ -15,9 +15,10 @@ backtest  wall time of `cdr-detector backtest --quiet` on a generated .jsonl.gz 
           parse_cdr'd, in this process on the same core.
 e2e       (needs the local broker: scripts/kafka-local.sh start) fresh topics and group; the file
           is replayed at max rate, then `cdr-detector run` drains it (records/s and lag over time
-          from its /metrics); a plain KafkaConsumer over the same topic is the I/O floor; then a
-          live phase produces records paced at a fixed rate, stamped with the wall clock, for the
-          latency from production to processing and to decision.
+          from its /metrics); a plain consumer of the chosen backend (--consumer-backend) over
+          the same topic is the I/O floor; then a live phase produces records paced at a fixed
+          rate, stamped with the wall clock, for the latency from production to processing and
+          to decision.
 memory    bytes per tracked number: synthetic numbers fed a few realistic records each through the
           real core (Detector.on_record), RSS delta (and tracemalloc on a smaller run) / numbers,
           plus the size of one number's changelog value.
@@ -622,9 +623,12 @@ def bench_e2e(args, cfg0: dict, m: dict) -> dict:
         env["CDR_DETECTOR__KAFKA__BOOTSTRAP_SERVERS"] = args.bootstrap_servers
     if args.producer_backend:
         env["CDR_DETECTOR__KAFKA__PRODUCER_BACKEND"] = args.producer_backend
+    if args.consumer_backend:
+        env["CDR_DETECTOR__KAFKA__CONSUMER_BACKEND"] = args.consumer_backend
     cfg = config_mod.load(environ=env)
     k = cfg["kafka"]
-    log(f"producer backend (replay and daemon): {k.get('producer_backend', 'kafka-python')}")
+    log(f"producer backend (replay and daemon): {k.get('producer_backend', 'kafka-python')}; "
+        f"consumer backend (daemon and the floor below): {k.get('consumer_backend', 'kafka-python')}")
     topics = kafka_io.topic_names(k)
     host, _, p = str(k["bootstrap_servers"]).split(",")[0].partition(":")
     try:
@@ -633,7 +637,8 @@ def bench_e2e(args, cfg0: dict, m: dict) -> dict:
         raise SystemExit(f"no Kafka broker at {k['bootstrap_servers']}: start one with scripts/kafka-local.sh start")
     result: dict = {"machine": m, "command": command_line(), "run_id": run_id, "dataset": os.path.relpath(ds, ROOT),
                     "dataset_records": counts["records"], "records": n, "partitions": int(k["partitions"]),
-                    "topics": topics}
+                    "topics": topics, "producer_backend": k.get("producer_backend", "kafka-python"),
+                    "consumer_backend": k.get("consumer_backend", "kafka-python")}
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
     daemon = None
     dprof = None
@@ -651,7 +656,8 @@ def bench_e2e(args, cfg0: dict, m: dict) -> dict:
                             "records_per_s": rc["records"] / max(rc["seconds"], 1e-9)}
         log(f"replay: {rc} in {replay_s:.1f} s wall")
 
-        # 2. the I/O floor: a plain KafkaConsumer reading the records topic, then the same + parse_cdr
+        # 2. the I/O floor: a plain consumer of the chosen backend (kafka_io.consumer: KafkaConsumer
+        #    or ConfluentConsumer) reading the records topic, then the same + parse_cdr
         result["consumer_floor"] = consume_floor(k, topics["records"], n, parse=False)
         result["consumer_parse_floor"] = consume_floor(k, topics["records"], n, parse=True)
 
@@ -776,10 +782,15 @@ def consume_floor(k: dict, topic: str, n: int, parse: bool) -> dict:
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     finally:
         c.close()
-    label = "KafkaConsumer + parse_cdr" if parse else "KafkaConsumer (no processing)"
+    name = consumer_name(k.get("consumer_backend", "kafka-python"))
+    label = f"{name} + parse_cdr" if parse else f"{name} (no processing)"
     log(f"{label}: {got:,} in {wall:.1f} s ({got / wall:,.0f}/s)")
     return {"records": got, "wall_s": wall, "cpu_s": cpu, "records_per_s": got / wall, "load_before": la0,
             "load_after": loadavg()}
+
+
+def consumer_name(backend: str) -> str:
+    return "ConfluentConsumer (librdkafka)" if backend == "confluent" else "KafkaConsumer"
 
 
 def drain_stats(samples: list[dict], n: int, first_t: float) -> dict:
@@ -941,10 +952,12 @@ def print_e2e(r: dict) -> None:
     cf, cp, rp = r.get("consumer_floor", {}), r.get("consumer_parse_floor", {}), r.get("replay", {})
     print(f"\n{r['records']:,} records replayed into {r['partitions']} partitions (topic {r['topics']['records']}); "
           f"one `cdr-detector run` process; broker, daemon and this script share the {r['machine']['nproc']} cores")
-    rows = [("cdr-detector replay (max rate, producer)", fmt(rp.get("records_per_s", 0.0), "rec/s"), ""),
-            ("KafkaConsumer, no processing  [I/O floor]", fmt(cf.get("records_per_s", 0.0), "rec/s"),
+    name = consumer_name(r.get("consumer_backend", "kafka-python"))
+    rows = [(f"cdr-detector replay (max rate, {r.get('producer_backend', 'kafka-python')} producer)",
+             fmt(rp.get("records_per_s", 0.0), "rec/s"), ""),
+            (f"{name}, no processing  [I/O floor]", fmt(cf.get("records_per_s", 0.0), "rec/s"),
              f"{cf.get('records', 0) / max(cf.get('cpu_s', 0), 1e-9):,.0f} per CPU-s of the consumer"),
-            ("KafkaConsumer + parse_cdr", fmt(cp.get("records_per_s", 0.0), "rec/s"),
+            (f"{name} + parse_cdr", fmt(cp.get("records_per_s", 0.0), "rec/s"),
              f"{cp.get('records', 0) / max(cp.get('cpu_s', 0), 1e-9):,.0f} per CPU-s of the consumer"),
             ("cdr-detector run: drain, overall", fmt(d.get("records_per_s", 0.0), "rec/s"),
              f"first record {d.get('startup_to_first_record_s', 0):.1f} s after spawn"),
@@ -1099,6 +1112,8 @@ def memory_worker(args) -> None:
             for v in vars(eng).values():
                 if isinstance(v, set):
                     v.clear()
+        if hasattr(det.enricher, "drain_changes"):  # ... and the changed shared pairs published
+            det.enricher.drain_changes()
         for v in vars(det.enricher).values():
             if isinstance(v, set):
                 v.clear()
@@ -1332,6 +1347,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap-servers", help="default: kafka.bootstrap_servers of the settings")
     p.add_argument("--producer-backend", choices=("kafka-python", "confluent"),
                    help="kafka.producer_backend for replay and daemon (default: the settings')")
+    p.add_argument("--consumer-backend", choices=("kafka-python", "confluent"),
+                   help="kafka.consumer_backend for the daemon and the consumer floor (default: the settings')")
     p.add_argument("--live-rate", type=int, help="records/s offered in the live phase (default: "
                                                  "--live-fraction of the measured drain rate)")
     p.add_argument("--live-fraction", type=float, default=0.5)

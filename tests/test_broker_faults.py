@@ -40,13 +40,16 @@ def fault_broker(tmp_path_factory):
         assert not port_open(port), "the extra broker is still up after cleanup"
 
 
-def test_daemon_rides_out_a_broker_outage(tmp_path, fault_broker):
-    report = outage_run(tmp_path, fault_broker, {}, DOWN_S)
+@pytest.mark.parametrize("consumer_backend", ["kafka-python", "confluent"])
+def test_daemon_rides_out_a_broker_outage(tmp_path, fault_broker, consumer_backend):
+    report = outage_run(tmp_path, fault_broker, {"CDR_DETECTOR__KAFKA__CONSUMER_BACKEND": consumer_backend}, DOWN_S)
     rep = report["events"]
     assert rep["max_repeat"] <= 2, report
 
 
-@pytest.mark.xfail(strict=True, reason="LIMITATION: the daemon's producer retries without a delivery timeout "
+# Not strict: whether batches expire inside the outage depends on timing, and on a fast machine the
+# run sometimes gets through (an XPASS is reported, not counted as a pass, and does not fail the run).
+@pytest.mark.xfail(strict=False, reason="LIMITATION: the daemon's producer retries without a delivery timeout "
                                        "by default, so outages of any length are waited out (the test above); "
                                        "with an explicit short producer delivery_timeout_ms, kafka-python's "
                                        "idempotent producer wedges once batches expire and flush() never "

@@ -206,6 +206,23 @@ def test_redacted_leaves_unset_secrets_visible_as_unset():
 
 
 # -- model id ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["producer_backend", "consumer_backend"])
+def test_kafka_backends_default_to_kafka_python_and_are_validated(name):
+    assert config.load(environ={})["kafka"][name] == "kafka-python"
+    env = {f"CDR_DETECTOR__KAFKA__{name.upper()}": "confluent"}
+    assert config.load(environ=env)["kafka"][name] == "confluent"
+    with pytest.raises(ConfigError, match=f"kafka.{name} must be kafka-python or confluent"):
+        config.load(environ={f"CDR_DETECTOR__KAFKA__{name.upper()}": "librdkafka"})
+
+
+def test_rdkafka_consumer_options_are_a_mapping_of_librdkafka_properties():
+    cfg = config.load(environ={"CDR_DETECTOR__KAFKA__RDKAFKA_CONSUMER_OPTIONS": '{"fetch.wait.max.ms": 100}'})
+    assert cfg["kafka"]["rdkafka_consumer_options"] == {"fetch.wait.max.ms": 100}
+    assert config.load(environ={})["kafka"]["rdkafka_consumer_options"] == {}
+    with pytest.raises(ConfigError, match="rdkafka_consumer_options must be a mapping"):
+        config.load(environ={"CDR_DETECTOR__KAFKA__RDKAFKA_CONSUMER_OPTIONS": "fetch.wait.max.ms=100"})
+
+
 def test_model_id_is_stable_and_names_the_model_version():
     a, b = config.load(environ={}), config.load(environ={})
     assert model_id(a) == model_id(b)

@@ -114,12 +114,35 @@ def stop_cleanly(d: DaemonProcess) -> None:
 
 
 BACKEND = "CDR_DETECTOR__KAFKA__PRODUCER_BACKEND"
+CONSUMER_BACKEND = "CDR_DETECTOR__KAFKA__CONSUMER_BACKEND"
+
+
+def backends(producer: str, consumer: str) -> dict[str, str]:
+    """The environment of a daemon with these producer and consumer backends."""
+    return {BACKEND: producer, CONSUMER_BACKEND: consumer}
+
+
+def assert_consumer_backend(d: DaemonProcess, consumer_backend: str) -> None:
+    """The daemon really ran the consumers it was told to (kafka_io logs librdkafka's version
+    when it makes the first ConfluentConsumer of a process)."""
+    text = d.log_path.read_text(errors="replace")
+    assert ("consumers: librdkafka" in text) == (consumer_backend == "confluent"), \
+        f"the daemon did not use consumer backend {consumer_backend}"
+
+
+# (producer backend, consumer backend) of the daemon
+BACKEND_PAIRS = [pytest.param("kafka-python", "kafka-python", id="kafka-python"),
+                 pytest.param("confluent", "kafka-python", id="confluent-producer"),
+                 pytest.param("kafka-python", "confluent", id="confluent-consumer"),
+                 pytest.param("confluent", "confluent", id="confluent")]
 
 
 # -- 1. end to end + parity with the backtest --------------------------------------------------------
-@pytest.mark.parametrize("backend", ["kafka-python", "confluent"])
-def test_end_to_end_parity_with_backtest(kafka_setup, daemons, daemon_slice, reference_events, backend):
-    """Both producer backends (replay and daemon) give the backtest's events, partitioned alike."""
+@pytest.mark.parametrize("backend,consumer_backend", BACKEND_PAIRS)
+def test_end_to_end_parity_with_backtest(kafka_setup, daemons, daemon_slice, reference_events, backend,
+                                         consumer_backend):
+    """Every producer backend (replay and daemon) and consumer backend (daemon) gives the
+    backtest's events, partitioned alike."""
     s = kafka_setup
     counts = replay_cli(s, daemon_slice["cdrs"], daemon_slice["subscribers"], env=s.env(**{BACKEND: backend}))
     assert counts["records"] == daemon_slice["records"]
@@ -128,7 +151,7 @@ def test_end_to_end_parity_with_backtest(kafka_setup, daemons, daemon_slice, ref
     assert len(records) == counts["records"]
     assert all(m.partition == partition_of(m.key.decode(), PARTITIONS) for m in records)
 
-    d = daemons(**{BACKEND: backend})
+    d = daemons(**backends(backend, consumer_backend))
     d.wait_ready()
     d.wait_caught_up(timeout=60)
 
@@ -147,6 +170,7 @@ def test_end_to_end_parity_with_backtest(kafka_setup, daemons, daemon_slice, ref
 
     stop_cleanly(d)
     assert d.stop_seconds < STOP_TIMEOUT_S
+    assert_consumer_backend(d, consumer_backend)
 
 
 # -- 2. poison records go to the DLQ, untouched, and the rest is processed ---------------------------
@@ -271,9 +295,9 @@ def test_graceful_shutdown_and_resume(kafka_setup, daemons, daemon_slice, refere
 
 
 # -- 4. kill -9 in the middle: the restarted daemon ends where the backtest ends ----------------------
-@pytest.mark.parametrize("backend", ["kafka-python", "confluent"])
+@pytest.mark.parametrize("backend,consumer_backend", [p for p in BACKEND_PAIRS if p.id != "confluent-consumer"])
 def test_crash_midway_then_recovery_matches_backtest(kafka_setup, daemons, daemon_slice, reference_events, backend,
-                                                    tmp_path):
+                                                    consumer_backend, tmp_path):
     s = kafka_setup
     total = daemon_slice["records"]
     # Only the first 70% is on the topic until the daemon is killed, so the kill lands midway
@@ -282,7 +306,7 @@ def test_crash_midway_then_recovery_matches_backtest(kafka_setup, daemons, daemo
     cut = split_at_ts_boundary(lines, 0.7)
     replay_inprocess(s, write_lines(tmp_path / "head.jsonl", lines[:cut]), daemon_slice["subscribers"])
 
-    d1 = daemons(**{BACKEND: backend})
+    d1 = daemons(**backends(backend, consumer_backend))
     d1.wait_ready()
 
     def midway():
@@ -299,9 +323,10 @@ def test_crash_midway_then_recovery_matches_backtest(kafka_setup, daemons, daemo
     run1 = len(s.messages("suspensions"))
     replay_inprocess(s, write_lines(tmp_path / "tail.jsonl", lines[cut:]))
 
-    # The killed consumer stays in the group until its session expires (kafka-python's default
-    # session_timeout_ms is 45 s), and only then are the partitions assigned to the new daemon.
-    d2 = daemons(**{BACKEND: backend})
+    # The killed consumer stays in the group until its session expires (kafka-python's and
+    # librdkafka's default session timeout is 45 s), and only then are the partitions assigned to
+    # the new daemon.
+    d2 = daemons(**backends(backend, consumer_backend))
     d2.wait_ready(timeout=75)
     d2.wait_caught_up(timeout=60)
     rec = d2.records_total()
@@ -318,6 +343,7 @@ def test_crash_midway_then_recovery_matches_backtest(kafka_setup, daemons, daemo
     online = {e["event_id"]: e for e in events}
     assert online == reference_events, diff_events(reference_events, online)
     assert len(messages) >= run1
+    assert_consumer_backend(d2, consumer_backend)
 
 
 # -- 5. /healthz lag counts the whole backlog ---------------------------------------------------------

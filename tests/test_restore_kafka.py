@@ -26,7 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 LOW = {"CDR_DETECTOR__TIERS__LOW__THRESHOLD": "0.07", "CDR_DETECTOR__RESTORE__BELOW_SCORE": "0.035"}
 
 
-def test_cleared_lines_are_restored_by_the_daemon_as_in_the_backtest(broker, daemon_slice, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("consumer_backend", ["kafka-python", "confluent"])
+def test_cleared_lines_are_restored_by_the_daemon_as_in_the_backtest(broker, daemon_slice, tmp_path,  # noqa: F811
+                                                                    consumer_backend):
     cfg = config.load(environ=LOW)
     cdrs, subs = str(daemon_slice["cdrs"]), str(daemon_slice["subscribers"])
     first, _ = backtest(cfg, cdrs, subs, str(tmp_path / "first.jsonl"), show_progress=False)
@@ -41,7 +43,7 @@ def test_cleared_lines_are_restored_by_the_daemon_as_in_the_backtest(broker, dae
     restored_ref = {e["msisdn"] for e in ref.events if e["action"] == "restore"}
     assert cleared <= restored_ref, "every cleared line that was suspended is restored offline"
 
-    s = KafkaSetup(broker, extra=dict(LOW))
+    s = KafkaSetup(broker, extra=dict(LOW, CDR_DETECTOR__KAFKA__CONSUMER_BACKEND=consumer_backend))
     s.ensure_topics()
     d = DaemonProcess(s, tmp_path / "daemon.log")
     try:
@@ -53,6 +55,7 @@ def test_cleared_lines_are_restored_by_the_daemon_as_in_the_backtest(broker, dae
         d.wait_caught_up(timeout=180)
         assert d.terminate(timeout=30) == 0
         got = read_events(s.kcfg, s.topics["suspensions"])
+        assert ("consumers: librdkafka" in d.log_path.read_text(errors="replace")) == (consumer_backend == "confluent")
     finally:
         d.cleanup()
         s.delete()

@@ -29,22 +29,27 @@ from detector.topic_dump import read_events, read_topic
 pytestmark = pytest.mark.kafka
 
 # A killed consumer holds its partitions until its session expires; keep that short here.
+# (kafka-python names; the confluent backend translates them.)
 FAST_SESSION = {"CDR_DETECTOR__KAFKA__CONSUMER_OPTIONS": "{session_timeout_ms: 8000, heartbeat_interval_ms: 2000}"}
+CONSUMER_BACKENDS = ["kafka-python", "confluent"]
 
 
 @pytest.fixture
-def setups(broker):  # noqa: F811
+def setups(broker, consumer_backend):  # noqa: F811
+    """Setups and daemons of one test; every consumer (the daemons' and the test's own reads of
+    the topics) uses `consumer_backend` ("mixed": kafka-python unless a daemon is given its own)."""
     made: list[KafkaSetup] = []
     procs: list[DaemonProcess] = []
+    default = "kafka-python" if consumer_backend == "mixed" else consumer_backend
 
     def new_setup() -> KafkaSetup:
-        s = KafkaSetup(broker, extra=dict(FAST_SESSION))
+        s = KafkaSetup(broker, extra=dict(FAST_SESSION, CDR_DETECTOR__KAFKA__CONSUMER_BACKEND=default))
         s.ensure_topics()
         made.append(s)
         return s
 
-    def new_daemon(s: KafkaSetup, log) -> DaemonProcess:
-        d = DaemonProcess(s, log)
+    def new_daemon(s: KafkaSetup, log, backend: str | None = None) -> DaemonProcess:
+        d = DaemonProcess(s, log, s.env(CDR_DETECTOR__KAFKA__CONSUMER_BACKEND=backend) if backend else None)
         procs.append(d)
         return d.start()
 
@@ -75,6 +80,12 @@ def final_number_states(s: KafkaSetup) -> dict[str, dict]:
 TOMBSTONES: list = []
 
 
+def assert_librdkafka(d: DaemonProcess, consumer_backend: str) -> None:
+    """The daemon ran the consumers it was told to (kafka_io logs librdkafka's version once)."""
+    uses = "consumers: librdkafka" in d.log_path.read_text(errors="replace")
+    assert uses == (consumer_backend == "confluent"), f"the daemon did not use consumer backend {consumer_backend}"
+
+
 def run_to_end(d: DaemonProcess, timeout: float = 240) -> None:
     d.wait_ready(timeout=60)
     d.wait_caught_up(timeout=timeout)
@@ -85,8 +96,9 @@ def stop(d: DaemonProcess) -> None:
     assert rc == 0, f"daemon exited with {rc}:\n{d.log_tail()}"
 
 
+@pytest.mark.parametrize("consumer_backend", CONSUMER_BACKENDS)
 def test_kill9_midway_restores_the_same_features_as_an_uninterrupted_run(setups, daemon_slice, reference_events,
-                                                                           tmp_path):
+                                                                           tmp_path, consumer_backend):
     new_setup, new_daemon = setups
     total = daemon_slice["records"]
 
@@ -131,17 +143,24 @@ def test_kill9_midway_restores_the_same_features_as_an_uninterrupted_run(setups,
                          + "\n".join(l for l in (tmp_path / "crash.log").read_text().splitlines()
                                      if "cdr_detector.daemon" in l and "decision" not in l))
     assert got_states.keys() == expected_states.keys()
+    assert_librdkafka(d2, consumer_backend)
     differing = [m for m in expected_states if got_states[m] != expected_states[m]]
     assert not differing, f"{len(differing)} numbers' restored features differ, e.g. {differing[:3]}"
 
 
-def test_two_daemons_split_the_partitions_and_one_takes_over(setups, daemon_slice, reference_events, tmp_path):
+# "mixed": a kafka-python daemon and a confluent one in one group (switching the backend daemon
+# by daemon): both use the eager range/roundrobin assignors, so they share the partitions.
+@pytest.mark.parametrize("consumer_backend", CONSUMER_BACKENDS + ["mixed"])
+def test_two_daemons_split_the_partitions_and_one_takes_over(setups, daemon_slice, reference_events, tmp_path,
+                                                              consumer_backend):
     new_setup, new_daemon = setups
+    backend_a, backend_b = (("kafka-python", "confluent") if consumer_backend == "mixed"
+                            else (consumer_backend, consumer_backend))
     s = new_setup()
     publish(s.kcfg, s.topics["subscribers"], str(daemon_slice["subscribers"]))
-    a = new_daemon(s, tmp_path / "a.log")
+    a = new_daemon(s, tmp_path / "a.log", backend_a)
     a.wait_ready(timeout=60)
-    b = new_daemon(s, tmp_path / "b.log")
+    b = new_daemon(s, tmp_path / "b.log", backend_b)
 
     def split():
         ha, hb = a.healthz() or {}, b.healthz() or {}
@@ -175,3 +194,5 @@ def test_two_daemons_split_the_partitions_and_one_takes_over(setups, daemon_slic
 
     got = read_events(s.kcfg, s.topics["suspensions"])
     assert got == reference_events, diff_events(reference_events, got)
+    assert_librdkafka(a, backend_a)
+    assert_librdkafka(b, backend_b)
