@@ -58,13 +58,19 @@ FEATURES: tuple[Feature, ...] = (
     Feature("long_tenure", "flag", 0.0, 0.0),
 )
 FEATURE_NAMES = tuple(f.name for f in FEATURES)
-N_FEATURES = len(FEATURES)
 # Scoring works on lists in FEATURES order (a record is scored many times more often than it is
 # explained); `as_dicts` names them for reasons, learning and tests.
 _COUNTS = tuple(i for i, f in enumerate(FEATURES) if f.kind == "count")
 _SHARES_HIGH = tuple(i for i, f in enumerate(FEATURES) if f.kind == "share_high")
 _SHARES_LOW = tuple(i for i, f in enumerate(FEATURES) if f.kind == "share_low")
 _SHARES = frozenset(_SHARES_HIGH + _SHARES_LOW)
+
+
+def _named_raw(raw: list[float], tenure: float | None) -> dict:
+    """Raw values by feature name, with `tenure_days` (what reasons quote for `new_line`)."""
+    named = dict(zip(FEATURE_NAMES, raw))
+    named["tenure_days"] = tenure
+    return named
 
 
 def _clip01(x: float) -> float:
@@ -203,9 +209,7 @@ class RiskModel:
         """`raw_vector` by name: raw values (plus `tenure_days`), and the support of each share."""
         raw, support, tenure = self.raw_vector(st, profile, ts, handset_lines, cell_lines, premium_calls,
                                                watched_ms)
-        named = dict(zip(FEATURE_NAMES, raw))
-        named["tenure_days"] = tenure
-        return named, {FEATURE_NAMES[i]: support[i] for i in sorted(_SHARES)}
+        return _named_raw(raw, tenure), {FEATURE_NAMES[i]: support[i] for i in sorted(_SHARES)}
 
     # -- evidence and score --------------------------------------------------------------------
     def evidence_vector(self, raw: list[float], support: list[float]) -> list[float]:
@@ -218,25 +222,14 @@ class RiskModel:
         m = self.prior_calls
         ev = raw[:]
         for i, t1 in counts:
-            v = math.log2((raw[i] + 1.0) / t1) / 3.0
-            ev[i] = 0.0 if v < 0.0 else 1.0 if v > 1.0 else v
+            ev[i] = _clip01(math.log2((raw[i] + 1.0) / t1) / 3.0)
         for i, t, mt, room in high:
-            if room:
-                n = support[i]
-                v = ((n * raw[i] + mt) / (n + m) - t) / room
-                ev[i] = 0.0 if v < 0.0 else 1.0 if v > 1.0 else v
-            else:
-                ev[i] = 0.0
+            n = support[i]
+            ev[i] = _clip01(((n * raw[i] + mt) / (n + m) - t) / room) if room else 0.0
         for i, t, mt, scale in low:
             n = support[i]
-            v = (t - (n * raw[i] + mt) / (n + m)) / scale
-            ev[i] = 0.0 if v < 0.0 else 1.0 if v > 1.0 else v
+            ev[i] = _clip01((t - (n * raw[i] + mt) / (n + m)) / scale)
         return ev
-
-    def evidence(self, raw: dict, support: dict) -> dict[str, float]:
-        """`evidence_vector` by name."""
-        ev = self.evidence_vector([raw[n] for n in FEATURE_NAMES], [support.get(n, 0.0) for n in FEATURE_NAMES])
-        return dict(zip(FEATURE_NAMES, ev))
 
     def score_vector(self, ev: list[float]) -> float:
         z = self.lr.intercept
@@ -247,15 +240,10 @@ class RiskModel:
             return 0.0
         return 1.0 / (1.0 + math.exp(-z))
 
-    def score(self, ev: dict[str, float]) -> float:
-        return self.score_vector([ev[n] for n in FEATURE_NAMES])
-
     @staticmethod
     def as_dicts(raw: list[float], ev: list[float], tenure: float | None) -> tuple[dict, dict]:
         """Raw values (with `tenure_days`) and evidence by feature name: for reasons and learning."""
-        named = dict(zip(FEATURE_NAMES, raw))
-        named["tenure_days"] = tenure
-        return named, dict(zip(FEATURE_NAMES, ev))
+        return _named_raw(raw, tenure), dict(zip(FEATURE_NAMES, ev))
 
     def contributions(self, ev: dict[str, float]) -> list[tuple[str, float]]:
         """Evidence × weight, largest first: what drove a decision."""
