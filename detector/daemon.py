@@ -73,6 +73,12 @@ class Daemon(ConsumerRebalanceListener):
         self.remote_wm: dict[int, int] = {}  # partition → watermark published by its owner
         self.shared_wait_ms = int(self.k.get("max_shared_wait_ms", 60_000))
         self.shared_waiting_since: float | None = None
+        # Past max_task_idle_ms the merge runs other partitions ahead of an empty one that is
+        # behind, but never further than the allowed lateness ahead of its last record: the
+        # shared handset/cell buckets it still reads are kept that long and no longer.
+        self.skew_wait_ms = int(self.k.get("max_skew_wait_ms", 60_000))
+        self.skew_waiting_since: float | None = None
+        self.skew_given_up: tuple[int, int] | None = None  # (partition, its last ts) merged past anyway
         # Shared-facts partitions of input partitions we own carry only what we wrote ourselves,
         # once the previous owner's last writes are read: those are paused, not read back.
         self.shared_catchup: dict[int, int] = {}  # owned partition → offset to read up to, then pause
@@ -526,6 +532,7 @@ class Daemon(ConsumerRebalanceListener):
         best = None
         best_key = None
         waiting = False
+        laggard = None  # (last ts, partition) of the furthest-behind empty records partition
         for tp, buf in self.buffers.items():
             if buf:
                 k = buf[0].key
@@ -537,6 +544,9 @@ class Daemon(ConsumerRebalanceListener):
                     up = self._caught_cache[tp] = self._caught_up(tp)
                 if not up:
                     waiting = True
+                    last = self.last_ts.get(tp.partition) if tp.topic == self.topics["records"] else None
+                    if last is not None and (laggard is None or last < laggard[0]):
+                        laggard = (last, tp.partition)
         if best is None:
             return None
         if best_key[0] != -1 and best_key[1] == 1 and not self._shared_ready(best_key[0]):
@@ -547,9 +557,28 @@ class Daemon(ConsumerRebalanceListener):
                 self.waiting_since = now
             if (now - self.waiting_since) * 1000 < self.idle_ms:
                 return None
+            if laggard is not None and best_key[0] > laggard[0] + self.detector.lateness_ms \
+                    and not self._skew_wait_over(laggard, best_key[0], now):
+                return None
         else:
             self.waiting_since = None
+        self.skew_waiting_since = None
         return best
+
+    def _skew_wait_over(self, laggard: tuple[int, int], ts: int, now: float) -> bool:
+        """Has the merge waited max_skew_wait_ms for this laggard (then it goes past it)?"""
+        last, p = laggard
+        if self.skew_given_up == (p, last):
+            return True  # given up already, until the laggard processes a record again
+        if self.skew_waiting_since is None:
+            self.skew_waiting_since = now
+        if (now - self.skew_waiting_since) * 1000 < self.skew_wait_ms:
+            return False
+        self.skew_given_up = (p, last)
+        self.metrics.skew_wait_timeouts.inc()
+        log.warning("gave up waiting for a partition that is behind; merging past it by more "
+                    "than the allowed lateness", extra={"partition": p, "last_ts": last, "next_ts": ts})
+        return True
 
     def _caught_up(self, tp: TopicPartition) -> bool:
         hw = self.consumer.highwater(tp)

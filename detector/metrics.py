@@ -108,6 +108,10 @@ class Metrics:
             "cdr_detector_shared_wait_timeouts_total",
             "Times a daemon stopped waiting for another partition's shared facts (handset/cell) "
             "and decided without them.", registry=r)
+        self.skew_wait_timeouts = Counter(
+            "cdr_detector_skew_wait_timeouts_total",
+            "Times a daemon stopped waiting for an input partition that was behind and merged the "
+            "others past it by more than the allowed lateness.", registry=r)
         self.storm_breaker = Gauge(
             "cdr_detector_storm_breaker_tripped",
             "1 while the storm breaker holds back suspensions (too many at once), else 0.", registry=r)

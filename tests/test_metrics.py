@@ -33,6 +33,8 @@ EXPECTED = {
     "suspension_to_restore": ("cdr_detector_suspension_to_restore_seconds", "histogram", ("tier",)),
     "resuspensions": ("cdr_detector_resuspensions_total", "counter", ("tier",)),
     "storm_breaker": ("cdr_detector_storm_breaker_tripped", "gauge", ()),
+    "shared_wait_timeouts": ("cdr_detector_shared_wait_timeouts_total", "counter", ()),
+    "skew_wait_timeouts": ("cdr_detector_skew_wait_timeouts_total", "counter", ()),
     "dlq": ("cdr_detector_dlq_records_total", "counter", ("reason",)),
     "batch_seconds": ("cdr_detector_batch_processing_seconds", "histogram", ()),
     "last_event_ts": ("cdr_detector_last_record_event_timestamp_seconds", "gauge", ()),
