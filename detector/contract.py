@@ -5,9 +5,16 @@ was wrong, with a short bounded `reason` code that is safe to use as a metric la
 """
 from __future__ import annotations
 
+import sys
 from typing import Any, NamedTuple
 
 import orjson
+
+# A number's msisdn is held by several structures (its state's key, the Enricher's handset and
+# cell tables, its profile); each parsed record brings a new string object of it, ~60 bytes.
+# Interned, they all hold one object: ~60 B less per tracked number. (CPython drops an interned
+# string from its table when the last reference goes, so numbers forgotten are not kept.)
+_intern = sys.intern
 
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_STRING = 64
@@ -104,7 +111,11 @@ def _digits(obj: dict, name: str, lo: int, hi: int) -> str:
     value = _get(obj, name, str)
     if not (lo <= len(value) <= hi and value.isascii() and value.isdigit()):
         raise InvalidRecord("bad_value", name, f"expected {lo}-{hi} digits, got {value[:24]!r}")
-    return value
+    return value if type(value) is str else str(value)
+
+
+def _msisdn(obj: dict) -> str:
+    return _intern(_digits(obj, "msisdn", 5, 15))
 
 
 def _ts(obj: dict, name: str) -> int:
@@ -156,7 +167,7 @@ def parse_cdr(raw: bytes | str | dict) -> CDR:
                 and (direction == "MO" or direction == "MT") and type(direction) is str
                 and (service == "voice" or service == "sms") and type(service) is str
                 and _region_ok(cell_region) and _region_ok(peer_region)):
-            return _new_cdr(CDR, (rid, ts, msisdn, direction, peer, service, duration, answered, cell_id,
+            return _new_cdr(CDR, (rid, ts, _intern(msisdn), direction, peer, service, duration, answered, cell_id,
                                   cell_region, peer_region, imei))
     return _parse_cdr_checked(obj)
 
@@ -174,7 +185,7 @@ def _parse_cdr_checked(obj: dict) -> CDR:
     return CDR(
         record_id,
         _ts(obj, "ts"),
-        _digits(obj, "msisdn", 5, 15),
+        _msisdn(obj),
         _choice(obj, "direction", ("MO", "MT")),
         _digits(obj, "peer", 3, 20),
         _choice(obj, "service", ("voice", "sms")),
@@ -190,7 +201,7 @@ def _parse_cdr_checked(obj: dict) -> CDR:
 def parse_profile(raw: bytes | str | dict) -> Profile:
     obj = decode(raw)
     return Profile(
-        _digits(obj, "msisdn", 5, 15),
+        _msisdn(obj),
         _region(obj, "home_region"),
         _ts(obj, "activated_ts"),
         _choice(obj, "plan", ("prepaid", "postpaid")),

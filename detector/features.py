@@ -77,6 +77,9 @@ _FULL_RING_BYTES = tuple(size * n for size, (_, _, n) in zip(_ITEM_SIZE, _RINGS)
 PACKED_SIZE_V2 = _RINGS_AT + sum(_FULL_RING_BYTES)  # 551
 PACKED_MAX = PACKED_SIZE_V2 + _RING_COUNTS.size  # 555: a v3 state with every ring full
 PACKED_MIN = _RINGS_AT + _RING_COUNTS.size
+_SHARES_AT = _FIXED_AT + 8 * N_DECAYED
+_FULL_CONTACTS, _FULL_PROVINCES, _FULL_IDS, _FULL_FLAGS = _FULL_RING_BYTES
+_ZEROS = bytes(max(_FULL_RING_BYTES))  # the zero tails `pack` cut, to pad rings back
 # read without unpacking, for sweeps and counts over every number (the head is the same in v2 and v3)
 _PEEK_LAST_TS = struct.Struct("<9xq")  # after the version byte and first_ts
 _PEEK_STATUS_TIER = struct.Struct("<84xBxb")  # after 1 + 7*8 + 6*4 + 3 bytes: status, fraud_confirmed, tier
@@ -85,9 +88,9 @@ _PEEK_STATUS_TIER = struct.Struct("<84xBxb")  # after 1 + 7*8 + 6*4 + 3 bytes: s
 def check_packed(blob: bytes) -> None:
     """Raise ValueError unless `blob` is a whole packed state of a known version."""
     if len(blob) >= PACKED_MIN and blob[0] == PACK_VERSION:
-        counts = _RING_COUNTS.unpack_from(blob, _RINGS_AT)
-        if (all(c <= n for c, (_, _, n) in zip(counts, _RINGS))
-                and len(blob) == PACKED_MIN + sum(c * size for c, size in zip(counts, _ITEM_SIZE))):
+        nc, np_, ni, nf = _RING_COUNTS.unpack_from(blob, _RINGS_AT)  # the _RINGS, in order
+        if (nc <= CONTACTS and np_ <= PROVINCE_RING and ni <= RECENT_IDS and nf <= CONTACTS
+                and len(blob) == PACKED_MIN + 4 * nc + 4 * np_ + 8 * ni + nf):
             return
     elif len(blob) == PACKED_SIZE_V2 and blob[0] == 2:
         return
@@ -171,26 +174,29 @@ class NumberState:
          s.contact_pos, s.province_pos, s.recent_pos, s.status, fraud, s.tier,
          s.imei_hash, s.imei_changes, s.peak_score, s.cleared_score) = _HEAD.unpack_from(blob)
         s.fraud_confirmed = bool(fraud)
-        at = _FIXED_AT + 8 * N_DECAYED
-        s.decayed = array("d", blob[_FIXED_AT:at])
-        s.shares = array("d", blob[at:_RINGS_AT])
+        s.decayed = array("d", blob[_FIXED_AT:_SHARES_AT])
+        s.shares = array("d", blob[_SHARES_AT:_RINGS_AT])
         if blob[0] == 2:  # fixed-size rings, no counts
-            at = _RINGS_AT
-            rings = []
-            for full in _FULL_RING_BYTES:
-                rings.append(blob[at:at + full])
-                at += full
-        else:
-            at = PACKED_MIN
-            rings = []
-            for count, size, full in zip(_RING_COUNTS.unpack_from(blob, _RINGS_AT), _ITEM_SIZE, _FULL_RING_BYTES):
-                n = count * size
-                rings.append(blob[at:at + n] + bytes(full - n) if n < full else blob[at:at + n])
-                at += n
-        s.contacts = array("I", rings[0])
-        s.provinces = array("I", rings[1])
-        s.recent_ids = array("Q", rings[2])
-        s.contact_flags = bytearray(rings[3])
+            a = _RINGS_AT
+            b = a + _FULL_CONTACTS
+            c = b + _FULL_PROVINCES
+            d = c + _FULL_IDS
+            s.contacts = array("I", blob[a:b])
+            s.provinces = array("I", blob[b:c])
+            s.recent_ids = array("Q", blob[c:d])
+            s.contact_flags = bytearray(blob[d:d + _FULL_FLAGS])
+            return s
+        # v3: each ring's leading items, padded back to its full length with zeros
+        nc, np_, ni, nf = _RING_COUNTS.unpack_from(blob, _RINGS_AT)
+        a = PACKED_MIN
+        b = a + 4 * nc
+        c = b + 4 * np_
+        d = c + 8 * ni
+        s.contacts = array("I", blob[a:b] + _ZEROS[:_FULL_CONTACTS - 4 * nc] if nc < CONTACTS else blob[a:b])
+        s.provinces = array("I", blob[b:c] + _ZEROS[:_FULL_PROVINCES - 4 * np_] if np_ < PROVINCE_RING
+                            else blob[b:c])
+        s.recent_ids = array("Q", blob[c:d] + _ZEROS[:_FULL_IDS - 8 * ni] if ni < RECENT_IDS else blob[c:d])
+        s.contact_flags = bytearray(blob[d:d + nf] + _ZEROS[:_FULL_FLAGS - nf] if nf < CONTACTS else blob[d:d + nf])
         return s
 
     # -- state as plain data, for tests and inspection ---------------------------------------

@@ -14,6 +14,10 @@ from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
 log = logging.getLogger("cdr_detector.kafka")
+# librdkafka's own log lines (connection failures, broker state) through Python logging, so they
+# come out as the daemon's JSON lines instead of syslog-style text on stderr. librdkafka queues
+# them; each client's poll()/consume()/flush() emits them on the calling thread.
+rdkafka_log = logging.getLogger("cdr_detector.kafka.librdkafka")
 
 SECURITY_KEYS = ("security_protocol", "sasl_mechanism", "sasl_plain_username", "sasl_plain_password",
                  "ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password", "ssl_check_hostname",
@@ -64,7 +68,7 @@ _RDKAFKA_NAMES = {
 
 
 def rdkafka_config(kcfg: dict) -> dict:
-    conf = {"bootstrap.servers": ",".join(common(kcfg)["bootstrap_servers"])}
+    conf = {"bootstrap.servers": ",".join(common(kcfg)["bootstrap_servers"]), "logger": rdkafka_log}
     for k, name in _RDKAFKA_NAMES.items():
         if kcfg.get(k) is not None:
             conf[name] = kcfg[k]
@@ -222,7 +226,7 @@ _admins_lock = threading.Lock()
 
 
 def _admin_key(conf: dict) -> tuple:
-    return tuple(sorted((k, repr(v)) for k, v in conf.items()))
+    return tuple(sorted((k, repr(v)) for k, v in conf.items() if k != "logger"))
 
 
 def _shared_admin(conf: dict):
@@ -305,7 +309,7 @@ class ConfluentConsumer:
             "max.poll.interval.ms": int(kcfg.get("max_poll_interval_ms", 300_000)),
             "queued.max.messages.kbytes": 16384,  # prefetch per consumer (default 64 MB)
             "fetch.queue.backoff.ms": 20,  # re-check a full prefetch queue soon (default 1 s: stalls a fast reader)
-            "error_cb": self._on_error,  # librdkafka's own log lines go to stderr, as the producer's
+            "error_cb": self._on_error,
         })
         options = dict(kcfg.get("consumer_options") or {}) if group else {}
         options.update(extra)
@@ -401,6 +405,7 @@ class ConfluentConsumer:
                                                  request_timeout=self._timeout)
             got = {(ctp.topic, ctp.partition): f.result(timeout=self._timeout + 5).offset
                    for ctp, f in futures.items()}
+            self._admin().poll(0)  # emit the admin client's queued log lines
         except self._ck.KafkaException as exc:
             raise self._error(exc, f"{'beginning' if earliest else 'end'} offsets of {tps[0].topic}") from None
         except concurrent.futures.TimeoutError:

@@ -1129,7 +1129,8 @@ def memory_worker(args) -> None:
         real = real_imei(r.imei)
         for town in range(towns if i < last_limit else towns - 1):
             suffix = suffixes[town]
-            det.on_record(CDR(f"{town}:{r.record_id}", r.ts, f"1{town:04d}{i:06d}", r.direction, r.peer, r.service,
+            # a new msisdn string per record, interned as parse_cdr interns it
+            det.on_record(CDR(f"{town}:{r.record_id}", r.ts, sys.intern(f"1{town:04d}{i:06d}"), r.direction, r.peer, r.service,
                               r.duration_s, r.answered, r.cell_id + suffix, r.cell_region, r.peer_region,
                               r.imei + suffix if real else r.imei))
             fed += 1

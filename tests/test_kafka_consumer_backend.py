@@ -9,6 +9,7 @@ prefetched before a pause, the end offset past a transaction marker (no record t
 """
 from __future__ import annotations
 
+import socket
 import threading
 import time
 import uuid
@@ -128,6 +129,37 @@ def test_kafka_python_consumer_options_are_translated_or_refused(broker):
         kafka_io.consumer(settings(broker, "confluent", rdkafka_consumer_options={"no.such.property": 1}))
     # a group-less reader ignores the group consumer's options, as with kafka-python
     kafka_io.consumer(settings(broker, "confluent", consumer_options={"no_such_setting_ms": 1}), group=False).close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_librdkafka_log_lines_go_through_python_logging_not_stderr(caplog, capfd):
+    """An operator's log pipeline reads the daemon's JSON lines: librdkafka's own lines (here:
+    connection refused) must be among them, not raw syslog-style text on stderr."""
+    dead = f"127.0.0.1:{free_port()}"
+    k = {"bootstrap_servers": dead, "group_id": "dead-broker", "client_id": "log-test",
+         "consumer_backend": "confluent", "producer_backend": "confluent"}
+    with caplog.at_level("INFO", logger=kafka_io.rdkafka_log.name):
+        c = kafka_io.consumer(k)
+        p = kafka_io.producer(k)
+        try:
+            c.subscribe([unique_topic("dead")])
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not caplog.records:
+                c.poll(timeout_ms=200)
+                p.send("dead-topic", value=b"x")
+                p._p.poll(0.1)
+        finally:
+            c.close()
+            p._p.purge()
+    lines = [r for r in caplog.records if r.name == kafka_io.rdkafka_log.name]
+    assert lines, "no librdkafka line reached Python logging within 20 s"
+    assert any(dead in r.getMessage() for r in lines), [r.getMessage() for r in lines][:5]
+    assert dead not in capfd.readouterr().err, "librdkafka still writes to stderr itself"
 
 
 def test_offset_requests_share_one_admin_client_released_with_the_last_consumer(broker, topic):
