@@ -284,7 +284,7 @@ class Engine:
         """Forget numbers idle past the expiry, hourly in event time."""
         self.next_sweep = now + F.HOUR_MS
         horizon = now - self.idle_expiry_ms
-        for msisdn in [m for m, last_ts, status, _ in self.numbers.scan() if last_ts < horizon and not status]:
+        for msisdn in self.numbers.idle(horizon):
             del self.numbers[msisdn]
             if self.track_changes:
                 self.dirty.add(msisdn)  # persisted as a tombstone

@@ -83,6 +83,7 @@ _ZEROS = bytes(max(_FULL_RING_BYTES))  # the zero tails `pack` cut, to pad rings
 # read without unpacking, for sweeps and counts over every number (the head is the same in v2 and v3)
 _PEEK_LAST_TS = struct.Struct("<9xq")  # after the version byte and first_ts
 _PEEK_STATUS_TIER = struct.Struct("<84xBxb")  # after 1 + 7*8 + 6*4 + 3 bytes: status, fraud_confirmed, tier
+_PEEK_LAST_TS_STATUS = struct.Struct("<9xq67xB")  # last_ts, status: what the idle sweep reads
 
 
 def check_packed(blob: bytes) -> None:
@@ -468,6 +469,17 @@ class NumberStore:
     def maybe_settle(self) -> None:
         if len(self.hot) >= self.hot_max:
             self.settle()
+
+    def idle(self, horizon: int) -> list[str]:
+        """Numbers last seen before `horizon` and not suspended: what the idle sweep forgets.
+        (`scan` does the same work at about twice the cost; this runs over every number hourly.)"""
+        out = [m for m, st in self.hot.items() if st.last_ts < horizon and not st.status]
+        peek = _PEEK_LAST_TS_STATUS.unpack_from
+        for m, blob in self.cold.items():
+            last_ts, status = peek(blob)
+            if last_ts < horizon and not status:
+                out.append(m)
+        return out
 
     def scan(self):
         """(msisdn, last_ts, status, tier) for every number, without unpacking or settling any

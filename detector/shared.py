@@ -53,6 +53,7 @@ def _window_bits(base: int, mask: int, lo: int, hi: int) -> int:
 
 
 _M32 = (1 << 32) - 1
+SWEEP_LINES_PER_RECORD = 4  # lines a record's `facts` sweeps while a round is under way
 
 
 def _lowest_bit(mask: int) -> int:
@@ -124,6 +125,10 @@ class Enricher:
         # ("h"|"c", key, msisdn) to publish → the line's input partition (-1: not known here)
         self.changed: dict[tuple[str, str, str], int] = {}
         self.next_sweep = 0
+        self._sweeping = False  # a round of the sweep is under way (see `_begin_sweep`)
+        self._sweep_q = 0
+        self._sweep_handset_keys: list[str] = []
+        self._sweep_cell_keys: list[str] = []
 
     # -- the query ----------------------------------------------------------------------------
     def facts(self, rec: CDR, partition: int = -1) -> SharedFacts:
@@ -134,7 +139,9 @@ class Enricher:
         q = rec.ts // self.bucket_ms
         if rec.ts >= self.next_sweep:
             self.next_sweep = rec.ts + 6 * HOUR_MS
-            self.sweep(q)
+            self._begin_sweep(q)
+        elif self._sweeping:
+            self._sweep_some(SWEEP_LINES_PER_RECORD)
         handset = 0
         if real_imei(rec.imei):
             on_handset = self._observe_handset(rec.imei, rec.msisdn, q, partition)
@@ -231,51 +238,90 @@ class Enricher:
         return _window_bits(base, mo, lo, q).bit_count() >= self.min_buckets
 
     # -- housekeeping ---------------------------------------------------------------------------
+    # A sweep visits every pair: ~1.7 s per million lines, which at a carrier's tens of millions
+    # would stall the daemon for tens of seconds every 6 hours of event time. So `facts` sweeps a
+    # few lines per record instead (SWEEP_LINES_PER_RECORD), over the keys there were when the
+    # round began, with that round's horizon. No answer changes with when a pair is swept: every
+    # query reads only buckets inside its window, and a sweep drops only buckets outside every
+    # window; a round left unfinished is finished at once when the next one is due.
     def sweep(self, q: int) -> None:
-        """Drop buckets no query can reach any more; a pair with none left is removed.
+        """Sweep everything now, as of bucket q (see `_begin_sweep`)."""
+        self._begin_sweep(q)
+        self._sweep_some(-1)
+
+    def _begin_sweep(self, q: int) -> None:
+        """Start a round: drop buckets no query can reach any more; a pair with none left is removed.
 
         Only removals are published (as tombstones). A pair that merely lost old buckets is not
         sent again: every reader sweeps the same buckets itself, and old buckets in a published
         value are outside every window a query reads."""
-        horizon = q - self.keep_handsets
+        if self._sweeping:
+            self._sweep_some(-1)
         self._bypass_count.clear()
-        for imei in list(self.handsets):
-            lines = self._hs_lines(imei)
-            kept = {}
-            for m, p in lines.items():
-                base = p & _M32
-                if base < horizon:
-                    mask = (p >> 32) >> (horizon - base)
-                    if not mask:
-                        if self.track_changes:  # gone: a tombstone lets compaction drop the key
-                            self.changed.setdefault(("h", imei, m), -1)
-                        continue
-                    low = _lowest_bit(mask)  # start at the first bucket left, not at the horizon
-                    p = _hs_pack(horizon + low, mask >> low)
-                kept[m] = p
-            if not kept:
-                del self.handsets[imei]
-            elif len(kept) == 1:
-                self.handsets[imei] = next(iter(kept.items()))
+        self._sweep_q = q
+        self._sweep_handset_keys = list(self.handsets)
+        self._sweep_cell_keys = list(self.cells)
+        self._sweeping = bool(self._sweep_handset_keys or self._sweep_cell_keys)
+
+    def _sweep_some(self, budget: int) -> None:
+        """Sweep about `budget` more lines of the current round (all of it when budget < 0)."""
+        handsets, cells = self._sweep_handset_keys, self._sweep_cell_keys
+        every = budget < 0
+        while every or budget > 0:
+            if handsets:
+                budget -= self._sweep_handset(handsets.pop(), self._sweep_q - self.keep_handsets)
+            elif cells:
+                budget -= self._sweep_cell(cells.pop(), self._sweep_q - self.keep_cells)
             else:
-                self.handsets[imei] = kept
-        horizon = q - self.keep_cells  # a cell is read over a day, a handset over three
-        for key in list(self.cells):
-            lines = self.cells[key]
-            for m in list(lines):
-                base, mo, mt = _cell_unpack(lines[m])
-                if base < horizon:
-                    mo >>= horizon - base
-                    mt >>= horizon - base
-                    if mo or mt:
-                        low = _lowest_bit(mo | mt)
-                        lines[m] = _cell_pack(horizon + low, mo >> low, mt >> low)
-                    else:
-                        del lines[m]
-                        if self.track_changes:
-                            self.changed.setdefault(("c", key, m), -1)
-            if not lines:
-                del self.cells[key]
+                self._sweeping = False
+                return
+
+    def _sweep_handset(self, imei: str, horizon: int) -> int:
+        """Sweep one handset's lines; returns how many lines it had."""
+        lines = self._hs_lines(imei)
+        if not lines:
+            return 1
+        kept = {}
+        for m, p in lines.items():
+            base = p & _M32
+            if base < horizon:
+                mask = (p >> 32) >> (horizon - base)
+                if not mask:
+                    if self.track_changes:  # gone: a tombstone lets compaction drop the key
+                        self.changed.setdefault(("h", imei, m), -1)
+                    continue
+                low = _lowest_bit(mask)  # start at the first bucket left, not at the horizon
+                p = _hs_pack(horizon + low, mask >> low)
+            kept[m] = p
+        if not kept:
+            del self.handsets[imei]
+        elif len(kept) == 1:
+            self.handsets[imei] = next(iter(kept.items()))
+        else:
+            self.handsets[imei] = kept
+        return len(lines)
+
+    def _sweep_cell(self, key: str, horizon: int) -> int:
+        """Sweep one cell's lines (a cell is read over a day, a handset over three)."""
+        lines = self.cells.get(key)
+        if lines is None:
+            return 1
+        n = len(lines)
+        for m in list(lines):
+            base, mo, mt = _cell_unpack(lines[m])
+            if base < horizon:
+                mo >>= horizon - base
+                mt >>= horizon - base
+                if mo or mt:
+                    low = _lowest_bit(mo | mt)
+                    lines[m] = _cell_pack(horizon + low, mo >> low, mt >> low)
+                else:
+                    del lines[m]
+                    if self.track_changes:
+                        self.changed.setdefault(("c", key, m), -1)
+        if not lines:
+            del self.cells[key]
+        return n or 1
 
     # -- distribution: one compacted record per (thing, line) ----------------------------------
     def drain_changes(self) -> list[tuple[str, str, str, list | None, int]]:

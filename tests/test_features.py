@@ -581,6 +581,53 @@ def test_sweep_publishes_removals_only_and_stale_values_answer_the_same():
         assert reader.facts(probe) == want
 
 
+class SweepAtOnce(Enricher):
+    """The sweep as it was before it was spread over records: every pair at the 6-hourly mark."""
+
+    def _begin_sweep(self, q: int) -> None:
+        super()._begin_sweep(q)
+        self._sweep_some(-1)
+
+
+def test_a_sweep_spread_over_records_answers_as_one_done_at_once_and_drops_the_same_pairs():
+    """Sweeping every pair at once stalls a daemon for seconds per million lines; spread over
+    records, the answers must not change (no query reads what a sweep drops), and once a round
+    is done the same pairs must be gone, their last publication a tombstone. (A pair the round
+    reaches after its line came back is not tombstoned first: its value is simply published.)"""
+    rng = random.Random(11)
+    s = Stream()
+    spread, at_once = Enricher(load_cfg(), track_changes=True), SweepAtOnce(load_cfg(), track_changes=True)
+    lines = [f"139{i:08d}" for i in range(400)]
+    handsets = [f"86{i:013d}" for i in range(150)]  # shared by several lines, so answers are not 0
+    cells = [f"cell-{i}" for i in range(40)]
+    ts = T0
+    last = {id(spread): {}, id(at_once): {}}  # (kind, key, line) → last published entry is a tombstone
+    answers_differ = 0
+    swept_over_records = False
+    for n in range(12_000):  # ~100 h: sixteen 6-hourly rounds, lines coming and going
+        ts += rng.randrange(0, 60_000)
+        m = rng.choice(lines[: 100 + (n // 40) % 300])
+        rec = s.rec(msisdn=m, ts=ts, imei=rng.choice(handsets), cell_id=rng.choice(cells),
+                    direction=rng.choice(["MO", "MO", "MT"]))
+        a, b = spread.facts(rec), at_once.facts(rec)
+        answers_differ += a != b
+        swept_over_records |= spread._sweeping
+        if n % 500 == 0:
+            for enr in (spread, at_once):
+                last[id(enr)].update(((k, key, mm), entry is None) for k, key, mm, entry, _ in enr.drain_changes())
+    assert answers_differ == 0
+    assert swept_over_records, "no round was ever left for the records to finish"
+    q = ts // BUCKET
+    spread._sweep_some(-1)  # finish the round under way (the next mark would)
+    for enr in (spread, at_once):
+        last[id(enr)].update(((k, key, mm), entry is None) for k, key, mm, entry, _ in enr.drain_changes())
+    gone = [{pair for pair, tomb in last[id(enr)].items() if tomb} for enr in (spread, at_once)]
+    assert gone[0] and gone[0] == gone[1]
+    spread.sweep(q)
+    at_once.sweep(q)
+    assert spread.handsets == at_once.handsets and spread.cells == at_once.cells
+
+
 def test_shared_pair_encoding_is_the_json_the_contract_describes():
     """`encode_pair` formats bytes directly; it must write exactly the JSON orjson would, and
     `decode_pair` must read it back, for handset ([base, mask]) and cell ([base, mo, mt]) entries
