@@ -3,6 +3,7 @@
 
     .venv/bin/python scripts/bench.py [--json FILE] [--cpu N] core      [--records 1000000] [--profile-records 300000]
     .venv/bin/python scripts/bench.py [--json FILE] [--cpu N] backtest  [--hours 25]
+    .venv/bin/python scripts/bench.py [--json FILE] [--cpu N] daemon-work [--records 300000]
     .venv/bin/python scripts/bench.py [--json FILE]           e2e       [--records 300000] [--live-seconds 60] [--profile-daemon]
     .venv/bin/python scripts/bench.py [--json FILE]           memory    [--numbers 1000000 10000000] [--per-number 3]
     .venv/bin/python scripts/bench.py [--json FILE] [--cpu N] all
@@ -13,6 +14,10 @@ core      records/s of the core alone on records generated and parsed into CDR t
 backtest  wall time of `cdr-detector backtest --quiet` on a generated .jsonl.gz (cached under
           var/bench/) against the floor: the same file merely read, read + orjson-decoded, read +
           parse_cdr'd, in this process on the same core.
+daemon-work  what `cdr-detector run` does per record besides talking to Kafka, on one core: parse
+          the raw bytes, process them (Pipeline.process_at, with metrics), and at each simulated
+          commit (every --commit-records) pack the changed states and encode the changed shared
+          pairs as the changelog and shared topic take them. The e2e rate cannot exceed it.
 e2e       (needs the local broker: scripts/kafka-local.sh start) fresh topics and group; the file
           is replayed at max rate, then `cdr-detector run` drains it (records/s and lag over time
           from its /metrics); a plain consumer of the chosen backend (--consumer-backend) over
@@ -395,6 +400,70 @@ def _short(path: str) -> str:
             i = p.parts.index(anchor)
             return "/".join(p.parts[i + (anchor == "site-packages"):])
     return p.name
+
+
+# ------------------------------------------------------------------------------------------------
+# daemon-work
+
+def bench_daemon_work(args, cfg: dict, m: dict) -> dict:
+    from detector import state
+    from detector.metrics import Metrics
+
+    header("daemon-work", m)
+    ds, _ = dataset(args.subscribers, args.hours, args.seed)
+    pinned = pin(args.cpu)
+    raws = [line for _, line in itertools.islice(iter_lines(ds / "cdrs.jsonl.gz"), args.records)]
+    profiles = [parse_profile(line) for _, line in iter_lines(ds / "subscribers.jsonl")]
+    n = len(raws)
+    gc.collect()
+    gc.freeze()  # the raw input is not daemon state
+    best = None
+    for rep in range(args.repeat):
+        det = Detector(cfg, partitions=int(cfg["kafka"]["partitions"]), track_changes=True)
+        for prof in profiles:
+            det.on_profile(prof)
+        pipe = Pipeline(det, Metrics())
+        t = {"parse": 0.0, "process": 0.0, "changelog": 0.0, "shared": 0.0}
+        sends = 0
+        wait_quiet(WAIT["threshold"], WAIT["max_s"])
+        c0 = time.process_time()
+        for start in range(0, n, args.commit_records):
+            t0 = time.perf_counter()
+            recs = [parse_cdr(raw) for raw in raws[start:start + args.commit_records]]
+            t1 = time.perf_counter()
+            for off, rec in enumerate(recs, start):
+                pipe.process_at(rec, off)
+            t2 = time.perf_counter()
+            for p in list(det.engines):
+                sends += len(state.drain_changes(det, p, {"records": start + len(recs)}))
+            t3 = time.perf_counter()
+            sends += len(state.shared_changes(det))
+            t4 = time.perf_counter()
+            t["parse"] += t1 - t0
+            t["process"] += t2 - t1
+            t["changelog"] += t3 - t2
+            t["shared"] += t4 - t3
+        cpu = time.process_time() - c0
+        wall = sum(t.values())
+        run = {"records": n, "wall_s": wall, "cpu_s": cpu, "records_per_s": n / wall, "sends": sends,
+               "sends_per_record": sends / n, "us_per_record": {k: v / n * 1e6 for k, v in t.items()},
+               "counts": dict(pipe.counts)}
+        log(f"pass {rep + 1}: {n / wall:,.0f} records/s; " + ", ".join(
+            f"{k} {v:.1f} µs" for k, v in run["us_per_record"].items()) + f"; {sends / n:.2f} sends/record")
+        if best is None or wall < best["wall_s"]:
+            best = run
+        del det, pipe
+        gc.collect()
+    gc.unfreeze()
+    print()
+    print(table([(k, f"{v:.1f} µs") for k, v in best["us_per_record"].items()] +
+                [("total", f"{best['wall_s'] / n * 1e6:.1f} µs"), ("records/s", f"{best['records_per_s']:,.0f}"),
+                 ("sends the daemon would make, per record", f"{best['sends_per_record']:.2f}")],
+                ("stage (per input record)", "cost")))
+    print(f"best of {args.repeat} pass(es) over {n:,} records of {ds.name}, commit every {args.commit_records:,}; "
+          f"{pinned}")
+    return {"dataset": ds.name, "commit_records": args.commit_records, "pinned": pinned, "best": best,
+            "command": command_line(), "machine": m}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1340,6 +1409,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hours", type=float, default=25.0, help="25 h of 100k subscribers is ~2.1M records")
     p.add_argument("--seed", type=int, default=7)
 
+    p = sub.add_parser("daemon-work", help="the daemon's own work per record, without any Kafka client")
+    p.add_argument("--records", type=int, default=300_000)
+    p.add_argument("--subscribers", type=int, default=100_000)
+    p.add_argument("--hours", type=float, default=25.0)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--commit-records", type=int, default=16_000, help="records between simulated commits "
+                   "(the daemon commits every second: about its drain rate)")
+    p.add_argument("--repeat", type=int, default=1, help="passes; the best is reported")
+
     p = sub.add_parser("e2e", help="Kafka in, cdr-detector run, Kafka out (needs the local broker)")
     p.add_argument("--subscribers", type=int, default=100_000)
     p.add_argument("--hours", type=float, default=25.0)
@@ -1397,7 +1475,8 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for name in todo:
         sargs = ap.parse_args([f"--cpu={args.cpu}", f"--wait-max={args.wait_max}", name]) if args.what == "all" else args
-        fn = {"core": bench_core, "backtest": bench_backtest, "e2e": bench_e2e, "memory": bench_memory}[name]
+        fn = {"core": bench_core, "backtest": bench_backtest, "e2e": bench_e2e, "memory": bench_memory,
+              "daemon-work": bench_daemon_work}[name]
         t0 = time.monotonic()
         results[name] = fn(sargs, cfg, m)
         results[name]["seconds"] = round(time.monotonic() - t0, 1)
