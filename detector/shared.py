@@ -53,7 +53,8 @@ def _window_bits(base: int, mask: int, lo: int, hi: int) -> int:
 
 
 _M32 = (1 << 32) - 1
-SWEEP_LINES_PER_RECORD = 4  # lines a record's `facts` sweeps while a round is under way
+SWEEP_LINES_PER_RECORD = 4  # lines swept per record while a round is under way ...
+SWEEP_EVERY_RECORDS = 512  # ... in batches this many records apart (~4 ms each: the sweep stays warm)
 
 
 def _lowest_bit(mask: int) -> int:
@@ -126,6 +127,7 @@ class Enricher:
         self.changed: dict[tuple[str, str, str], int] = {}
         self.next_sweep = 0
         self._sweeping = False  # a round of the sweep is under way (see `_begin_sweep`)
+        self._sweep_wait = SWEEP_EVERY_RECORDS  # records until the next batch of it
         self._sweep_q = 0
         self._sweep_handset_keys: list[str] = []
         self._sweep_cell_keys: list[str] = []
@@ -141,7 +143,10 @@ class Enricher:
             self.next_sweep = rec.ts + 6 * HOUR_MS
             self._begin_sweep(q)
         elif self._sweeping:
-            self._sweep_some(SWEEP_LINES_PER_RECORD)
+            self._sweep_wait -= 1
+            if not self._sweep_wait:
+                self._sweep_wait = SWEEP_EVERY_RECORDS
+                self._sweep_some(SWEEP_EVERY_RECORDS * SWEEP_LINES_PER_RECORD)
         handset = 0
         if real_imei(rec.imei):
             on_handset = self._observe_handset(rec.imei, rec.msisdn, q, partition)
@@ -239,9 +244,10 @@ class Enricher:
 
     # -- housekeeping ---------------------------------------------------------------------------
     # A sweep visits every pair: ~1.7 s per million lines, which at a carrier's tens of millions
-    # would stall the daemon for tens of seconds every 6 hours of event time. So `facts` sweeps a
-    # few lines per record instead (SWEEP_LINES_PER_RECORD), over the keys there were when the
-    # round began, with that round's horizon. No answer changes with when a pair is swept: every
+    # would stall the daemon for tens of seconds every 6 hours of event time. So `facts` sweeps
+    # SWEEP_LINES_PER_RECORD lines per record instead, in batches every SWEEP_EVERY_RECORDS records
+    # (in total no dearer than the sweep at once), over the keys there were when the round began,
+    # with that round's horizon. No answer changes with when a pair is swept: every
     # query reads only buckets inside its window, and a sweep drops only buckets outside every
     # window; a round left unfinished is finished at once when the next one is due.
     def sweep(self, q: int) -> None:

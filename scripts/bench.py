@@ -54,7 +54,8 @@ import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# PYTHONPATH=<another worktree> measures that tree's detector (an A/B); else this one's
+sys.path.insert(len(sys.path) if os.environ.get("PYTHONPATH") else 0, str(ROOT))
 
 import orjson  # noqa: E402
 
