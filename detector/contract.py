@@ -111,11 +111,11 @@ def _digits(obj: dict, name: str, lo: int, hi: int) -> str:
     value = _get(obj, name, str)
     if not (lo <= len(value) <= hi and value.isascii() and value.isdigit()):
         raise InvalidRecord("bad_value", name, f"expected {lo}-{hi} digits, got {value[:24]!r}")
-    return value if type(value) is str else str(value)
+    return value
 
 
 def _msisdn(obj: dict) -> str:
-    return _intern(_digits(obj, "msisdn", 5, 15))
+    return _intern(str(_digits(obj, "msisdn", 5, 15)))  # str(): intern takes no str subclass
 
 
 def _ts(obj: dict, name: str) -> int:

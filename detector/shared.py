@@ -272,12 +272,14 @@ class Enricher:
     def _sweep_some(self, budget: int) -> None:
         """Sweep about `budget` more lines of the current round (all of it when budget < 0)."""
         handsets, cells = self._sweep_handset_keys, self._sweep_cell_keys
+        handset_horizon = self._sweep_q - self.keep_handsets
+        cell_horizon = self._sweep_q - self.keep_cells  # a cell is read over a day, a handset over three
         every = budget < 0
         while every or budget > 0:
             if handsets:
-                budget -= self._sweep_handset(handsets.pop(), self._sweep_q - self.keep_handsets)
+                budget -= self._sweep_handset(handsets.pop(), handset_horizon)
             elif cells:
-                budget -= self._sweep_cell(cells.pop(), self._sweep_q - self.keep_cells)
+                budget -= self._sweep_cell(cells.pop(), cell_horizon)
             else:
                 self._sweeping = False
                 return
@@ -308,7 +310,7 @@ class Enricher:
         return len(lines)
 
     def _sweep_cell(self, key: str, horizon: int) -> int:
-        """Sweep one cell's lines (a cell is read over a day, a handset over three)."""
+        """Sweep one cell's lines; returns how many it had."""
         lines = self.cells.get(key)
         if lines is None:
             return 1
