@@ -110,13 +110,16 @@ def run(pipeline: Pipeline, records: Iterable[CDR], outcomes: list[tuple[int, by
             res.events.append(e)
             if sink:
                 sink(e)
-        if progress and res.records % 4096 == 0:
-            progress.tick(res.records, len(res.events))
+        if res.records % 4096 == 0:
+            pipeline.publish_metrics()  # (the demo serves them while it runs)
+            if progress:
+                progress.tick(res.records, len(res.events))
     while pending:
         for e in pipeline.outcome(heapq.heappop(pending)[1]):
             res.events.append(e)
             if sink:
                 sink(e)
+    pipeline.publish_metrics()
     res.seconds = time.monotonic() - t0
     return res
 

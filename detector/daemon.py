@@ -158,6 +158,7 @@ class Daemon(ConsumerRebalanceListener):
                 done = self._process_ready()
                 self.more_ready = done >= self.max_items
                 if done:
+                    self.pipeline.publish_metrics()
                     self.metrics.batch_seconds.observe(time.perf_counter() - t0)
                 if time.monotonic() >= next_commit:
                     self.commit()
@@ -435,19 +436,21 @@ class Daemon(ConsumerRebalanceListener):
         enricher = self.detector.enricher
         if self.shared_resume or self.shared_catchup:
             self._pause_own_shared()
+        apply = state.apply_shared
         for tp, msgs in self.shared.poll(timeout_ms=timeout_ms, max_records=10000).items():
             for msg in msgs:
                 n += 1
-                key = msg.key.decode()
-                kind, _, rest = key.partition("|")
-                if kind == "w":
-                    if msg.value is not None:
-                        self.remote_wm[int(rest)] = int(orjson.loads(msg.value)["wm"])
-                    continue
-                thing, _, msisdn = rest.rpartition("|")
                 # Merging is an idempotent OR, so our own pairs coming back are harmless — and a
                 # pair the previous owner of a partition published after we took it over is needed.
-                enricher.merge(kind, thing, msisdn, state.decode_pair(msg.value) if msg.value else None)
+                try:
+                    wm = apply(enricher, msg.key, msg.value)
+                except ValueError as err:  # the topic is compacted: a bad record would stay, and
+                    self.metrics.shared_invalid.inc()  # stop every daemon at every start
+                    log.warning("skipped a shared-facts record no daemon writes",
+                                extra={"partition": tp.partition, "offset": msg.offset, "error": mask_text(str(err))})
+                    continue
+                if wm is not None:
+                    self.remote_wm[wm[0]] = wm[1]
         return n
 
     def _shared_ready(self, ts: int) -> bool:

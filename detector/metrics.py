@@ -15,15 +15,19 @@ module). Conventions:
 
 from __future__ import annotations
 
+import bisect
 import json
+import math
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from importlib import metadata
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, make_wsgi_app
+from prometheus_client.metrics_core import HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 # Closed sets of label values, all initialised to 0 at start-up. Any other value a caller
 # uses must be just as bounded (a short code, never an identifier from a record).
@@ -47,6 +51,54 @@ OPERATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
 # A suspended line waits for verification: minutes to a week.
 SUSPENSION_BUCKETS = (60, 300, 900, 1800, 3600, 7200, 14400, 28800, 43200,
                       86400, 172800, 345600, 604800)
+
+
+class BatchHistogram:
+    """A histogram without labels that takes its observations a batch at a time.
+
+    Exposed exactly as a `prometheus_client.Histogram` is (`_bucket{le}`, `_count`, `_sum`), but
+    `observe_many` takes one lock per batch: `Histogram.observe` costs ~1.5 µs (a lock and a
+    scan of the buckets per value), and the risk score is observed for most records."""
+
+    def __init__(self, name: str, documentation: str, buckets: Iterable[float], registry: CollectorRegistry):
+        bounds = [float(b) for b in buckets]
+        if bounds != sorted(bounds):
+            raise ValueError("buckets must be sorted")
+        if not bounds or bounds[-1] != math.inf:
+            bounds.append(math.inf)
+        self.name = name
+        self.documentation = documentation
+        self._labelnames = ()
+        self._upper_bounds = bounds
+        self._counts = [0] * len(bounds)  # per bucket, not cumulative
+        self._sum = 0.0
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe(self, value: float) -> None:
+        self.observe_many((value,))
+
+    def observe_many(self, values: Iterable[float]) -> None:
+        bounds, where = self._upper_bounds, bisect.bisect_left  # le: the first bound >= value
+        with self._lock:
+            counts = self._counts
+            total = 0.0
+            for v in values:
+                counts[where(bounds, v)] += 1
+                total += v
+            self._sum += total
+
+    def describe(self):
+        return [HistogramMetricFamily(self.name, self.documentation)]
+
+    def collect(self):
+        with self._lock:
+            counts, total = list(self._counts), self._sum
+        cumulative, running = [], 0
+        for bound, n in zip(self._upper_bounds, counts):
+            running += n
+            cumulative.append((floatToGoString(bound), running))
+        return [HistogramMetricFamily(self.name, self.documentation, buckets=cumulative, sum_value=total)]
 
 
 def _package_version() -> str:
@@ -90,7 +142,7 @@ class Metrics:
             buckets=OPERATION_BUCKETS, registry=r)
 
         # --- scoring and decisions -----------------------------------------
-        self.score = Histogram(
+        self.score = BatchHistogram(
             "cdr_detector_risk_score", "Risk score (0..1) of every scored record.",
             buckets=SCORE_BUCKETS, registry=r)
         self.decisions = Counter(
@@ -112,6 +164,10 @@ class Metrics:
             "cdr_detector_skew_wait_timeouts_total",
             "Times a daemon stopped waiting for an input partition that was behind and merged the "
             "others past it by more than the allowed lateness.", registry=r)
+        self.shared_invalid = Counter(
+            "cdr_detector_shared_invalid_records_total",
+            "Records of the shared-facts topic skipped because no daemon writes them (a bad key or "
+            "value, an unknown version): the handset/cell facts they held are missing.", registry=r)
         self.storm_breaker = Gauge(
             "cdr_detector_storm_breaker_tripped",
             "1 while the storm breaker holds back suspensions (too many at once), else 0.", registry=r)

@@ -351,28 +351,35 @@ class Enricher:
         return out
 
     def merge(self, kind: str, key: str, msisdn: str, entry: list | None) -> None:
-        """OR another writer's view of a pair into ours (idempotent, order-free)."""
+        """OR another writer's view of a pair into ours (idempotent, order-free). Every daemon
+        merges every pair the others publish, so a pair that changes nothing is left alone."""
         if entry is None:
             return  # expiry is deterministic: our own sweep drops the same buckets
         if kind == "h":
-            mine = self._hs_get(key, msisdn)
+            b, mask = entry
+            mine = _hs_of(self.handsets.get(key), msisdn)
             if mine is None:
-                self._hs_put(key, msisdn, _hs_pack(entry[0], entry[1]))
-                return
-            mine = [mine & _M32, mine >> 32]
-        else:
+                merged = _hs_pack(b, mask)
+            elif b < (base := mine & _M32):
+                merged = _hs_pack(b, ((mine >> 32) << (base - b)) | mask)
+            else:  # the same base: OR the other mask in, shifted to it
+                merged = mine | (mask << (32 + b - base))
+                if merged == mine:
+                    return
+            self._hs_put(key, msisdn, merged)
+            return
+        b, mo, mt = entry
+        lines = self.cells.get(key)
+        if lines is None:
+            lines = self.cells[key] = {}
+        p = lines.get(msisdn)
+        if p is not None:
+            base, mo0, mt0 = _cell_unpack(p)
+            lo = min(base, b)
+            mo = (mo0 << (base - lo)) | (mo << (b - lo))
+            mt = (mt0 << (base - lo)) | (mt << (b - lo))
+            b = lo
+        packed = _cell_pack(b, mo, mt)
+        if packed != p:
+            lines[msisdn] = packed
             self._bypass_count.pop(key, None)
-            lines = self.cells.setdefault(key, {})
-            mine = lines.get(msisdn)
-            if mine is None:
-                lines[msisdn] = _cell_pack(*entry)
-                return
-            mine = list(_cell_unpack(mine))
-        base = min(mine[0], entry[0])
-        for i in range(1, len(mine)):
-            mine[i] = (mine[i] << (mine[0] - base)) | (entry[i] << (entry[0] - base))
-        mine[0] = base
-        if kind == "h":
-            self._hs_put(key, msisdn, _hs_pack(mine[0], mine[1]))
-        else:
-            lines[msisdn] = _cell_pack(*mine)

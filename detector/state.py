@@ -10,8 +10,12 @@ Keys in the compacted shared topic (cross-number facts, read by every process):
   in the partition of the line's number (one writer per key);
 - `w|<partition>` — that partition's watermark: every pair from records before it is published.
 Every other value is JSON with a format version `v`; an unknown version is refused, not guessed at.
+A shared-topic record that is refused is skipped and counted (`apply_shared`): that topic is
+compacted and read from its start by every daemon, so one bad record would otherwise stop them all.
 """
 from __future__ import annotations
+
+import re
 
 import orjson
 
@@ -80,11 +84,66 @@ def shared_changes(detector: Detector) -> list[tuple[int, bytes, bytes | None]]:
     return out
 
 
+_M32 = (1 << 32) - 1
+# exactly what `encode_pair` writes for a handset or a cell pair (JSON numbers have no leading zeros)
+_PAIR_WRITTEN = re.compile(rb'\{"v":%d,"b":(0|[1-9][0-9]*),"m":\["([0-9a-f]+)"(?:,"([0-9a-f]+)")?\]\}'
+                           % STATE_VERSION)
+
+
 def decode_pair(value: bytes) -> list:
-    obj = orjson.loads(value)
-    if obj.get("v") != STATE_VERSION:
-        raise ValueError(f"shared pair: unknown state version {obj.get('v')!r}")
-    return [int(obj["b"])] + [int(x, 16) for x in obj["m"]]
+    """[base, mask, …] from a shared-topic value; ValueError for anything no daemon writes.
+
+    Every daemon reads every pair the others publish (about 1.4 per input record of theirs), so
+    the form `encode_pair` writes is read by one regular expression, without building a dict;
+    any other JSON goes through orjson and is checked."""
+    m = _PAIR_WRITTEN.fullmatch(value)
+    if m is not None:
+        b, x, y = m.groups()
+        base = int(b)
+        if base <= _M32:
+            return [base, int(x, 16)] if y is None else [base, int(x, 16), int(y, 16)]
+    try:
+        obj = orjson.loads(value)
+        if obj.get("v") != STATE_VERSION:
+            raise ValueError(f"unknown state version {obj.get('v')!r}")
+        if type(obj["b"]) is not int or type(obj["m"]) is not list:
+            raise ValueError("b must be an integer and m a list of hex strings")
+        entry = [obj["b"]] + [int(x, 16) for x in obj["m"]]
+    except (AttributeError, KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"shared pair: {err}") from err
+    if not 2 <= len(entry) <= 3 or not 0 <= entry[0] <= _M32 or min(entry) < 0:
+        raise ValueError(f"shared pair: not a base and one or two non-negative masks: {value[:80]!r}")
+    return entry
+
+
+_PAIR_FIELDS = {"h": 2, "c": 3}  # a handset pair is [base, mask], a cell pair [base, mo_mask, mt_mask]
+
+
+def apply_shared(enricher, key: bytes, value: bytes | None) -> tuple[int, int] | None:
+    """Fold one record of the shared topic into `enricher`; a watermark record (`w|<partition>`)
+    returns (partition, watermark) instead. ValueError for a record no daemon writes, with nothing
+    changed: the caller skips it, as one bad record must not stop every daemon that reads it."""
+    try:
+        k = key.decode()
+    except (AttributeError, UnicodeDecodeError) as err:
+        raise ValueError(f"shared facts: a key that is not UTF-8 text: {key!r}"[:200]) from err
+    kind, _, rest = k.partition("|")
+    if kind == "w":
+        if value is None:
+            return None
+        try:
+            return int(rest), int(orjson.loads(value)["wm"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"shared facts: watermark {k!r}: {err}"[:200]) from err
+    fields = _PAIR_FIELDS.get(kind)
+    thing, _, msisdn = rest.rpartition("|")
+    if fields is None or not thing or not msisdn:
+        raise ValueError(f"shared facts: unknown key {k!r}"[:200])
+    entry = None if value is None else decode_pair(value)
+    if entry is not None and len(entry) != fields:
+        raise ValueError(f"shared facts: {kind!r} pair with {len(entry) - 1} mask(s)")
+    enricher.merge(kind, thing, msisdn, entry)
+    return None
 
 
 def apply_change(detector: Detector, partition: int, key: bytes, value: bytes | None) -> dict[str, int] | None:

@@ -406,6 +406,18 @@ def _short(path: str) -> str:
 # ------------------------------------------------------------------------------------------------
 # daemon-work
 
+def _apply_shared_before(enricher, key: bytes, value: bytes | None) -> None:
+    """The daemon's loop over the shared topic before `state.apply_shared` (c9b6a95), for A/Bs."""
+    from detector import state
+    kind, _, rest = key.decode().partition("|")
+    if kind != "w":
+        thing, _, msisdn = rest.rpartition("|")
+        enricher.merge(kind, thing, msisdn, state.decode_pair(value) if value else None)
+
+
+POLL_BATCH = 2000  # kafka.max_poll_records: the daemon publishes per-record metrics after each batch
+
+
 def bench_daemon_work(args, cfg: dict, m: dict) -> dict:
     from detector import state
     from detector.metrics import Metrics
@@ -424,7 +436,14 @@ def bench_daemon_work(args, cfg: dict, m: dict) -> dict:
         for prof in profiles:
             det.on_profile(prof)
         pipe = Pipeline(det, Metrics())
+        publish = getattr(pipe, "publish_metrics", lambda: None)  # (an A/B against a tree without it)
+        apply_shared = getattr(state, "apply_shared", _apply_shared_before)
+        # another daemon of the group, which reads every pair this one publishes (not its own work:
+        # timed apart, per pair, for what scaling out costs)
+        reader = Detector(cfg, partitions=int(cfg["kafka"]["partitions"])).enricher
         t = {"parse": 0.0, "process": 0.0, "changelog": 0.0, "shared": 0.0}
+        merge_s = 0.0
+        pairs = 0
         sends = 0
         wait_quiet(WAIT["threshold"], WAIT["max_s"])
         c0 = time.process_time()
@@ -434,12 +453,22 @@ def bench_daemon_work(args, cfg: dict, m: dict) -> dict:
             t1 = time.perf_counter()
             for off, rec in enumerate(recs, start):
                 pipe.process_at(rec, off)
+                if off % POLL_BATCH == POLL_BATCH - 1:
+                    publish()  # as the daemon does after each polled batch
+            publish()
             t2 = time.perf_counter()
             for p in list(det.engines):
                 sends += len(state.drain_changes(det, p, {"records": start + len(recs)}))
             t3 = time.perf_counter()
-            sends += len(state.shared_changes(det))
+            published = state.shared_changes(det)
+            sends += len(published)
             t4 = time.perf_counter()
+            c1 = time.process_time()
+            for _, key, value in published:
+                apply_shared(reader, key, value)
+            merge_s += time.perf_counter() - t4
+            pairs += len(published)
+            c0 += time.process_time() - c1  # the reader's work is not this daemon's
             t["parse"] += t1 - t0
             t["process"] += t2 - t1
             t["changelog"] += t3 - t2
@@ -448,9 +477,11 @@ def bench_daemon_work(args, cfg: dict, m: dict) -> dict:
         wall = sum(t.values())
         run = {"records": n, "wall_s": wall, "cpu_s": cpu, "records_per_s": n / wall, "sends": sends,
                "sends_per_record": sends / n, "us_per_record": {k: v / n * 1e6 for k, v in t.items()},
+               "pairs_per_record": pairs / n, "merge_us_per_pair": merge_s / pairs * 1e6 if pairs else None,
                "counts": dict(pipe.counts)}
         log(f"pass {rep + 1}: {n / wall:,.0f} records/s; " + ", ".join(
-            f"{k} {v:.1f} µs" for k, v in run["us_per_record"].items()) + f"; {sends / n:.2f} sends/record")
+            f"{k} {v:.1f} µs" for k, v in run["us_per_record"].items()) + f"; {sends / n:.2f} sends/record; "
+            f"another daemon merges the {pairs / n:.2f} pairs/record at {run['merge_us_per_pair']:.1f} µs each")
         if best is None or wall < best["wall_s"]:
             best = run
         del det, pipe
@@ -463,7 +494,24 @@ def bench_daemon_work(args, cfg: dict, m: dict) -> dict:
                 ("stage (per input record)", "cost")))
     print(f"best of {args.repeat} pass(es) over {n:,} records of {ds.name}, commit every {args.commit_records:,}; "
           f"{pinned}")
+    # Scaling out: N daemons split the partitions, and each also merges the pairs the other N - 1
+    # publish (every daemon reads the whole shared topic), so per record of its own it does its
+    # own work plus (N - 1) x pairs/record merges. Kafka clients' costs come on top of both.
+    own_us = best["wall_s"] / n * 1e6
+    merge_us = best["pairs_per_record"] * (best["merge_us_per_pair"] or 0.0)
+    scale = []
+    for k in (1, 2, 4, 8, 16):
+        per_own = own_us + (k - 1) * merge_us
+        scale.append({"daemons": k, "us_per_own_record": per_own, "group_records_per_s": k * 1e6 / per_own})
+    ceiling = 1e6 / merge_us if merge_us else None
+    print(f"\nanother daemon merges these pairs at {best['merge_us_per_pair']:.2f} µs each, "
+          f"{best['pairs_per_record']:.2f} per record: {merge_us:.1f} µs per record of the others")
+    print(table([(str(x["daemons"]), f"{x['us_per_own_record']:.1f} µs", f"{x['group_records_per_s']:,.0f}")
+                 for x in scale], ("daemons in the group", "work per own record", "group's records/s at most")))
+    if ceiling:
+        print(f"however many daemons: at most {ceiling:,.0f} records/s for the group (each merges every pair)")
     return {"dataset": ds.name, "commit_records": args.commit_records, "pinned": pinned, "best": best,
+            "scale_out": scale, "scale_out_ceiling_records_per_s": ceiling,
             "command": command_line(), "machine": m}
 
 

@@ -197,6 +197,13 @@ def test_poison_records_dead_lettered_and_processing_continues(kafka_setup, daem
         futures = [producer.send(s.topics["records"], key=key, value=raw) for raw, key, _, _ in bad]
         for line in after:
             producer.send(s.topics["records"], key=orjson.loads(line)["msisdn"].encode(), value=line)
+        # Records of the (compacted, internal) shared-facts topic that no daemon writes: read by
+        # every daemon at every start, they must be counted and skipped, not stop it.
+        shared_topic = kafka_io.topic_names(s.kcfg)["shared"]
+        bad_shared = [(b"c|cell-1|13800000001", b"not json"), (b"h|8600|13800000001", b'{"v":99,"b":1,"m":["1"]}'),
+                      (b"\xff\xfe", b"{}"), (b"w|0", b"[1]")]
+        for key, value in bad_shared:
+            producer.send(shared_topic, key=key, value=value, partition=0)
         producer.flush(timeout=30)
         sent = {(f.get(timeout=30).partition, f.get(timeout=30).offset): b for f, b in zip(futures, bad)}
     finally:
@@ -237,6 +244,7 @@ def test_poison_records_dead_lettered_and_processing_continues(kafka_setup, daem
     def by(name: str, label: str) -> dict[str, float]:
         return {dict(lb)[label]: v for (n, lb), v in metrics.items() if n == name and v}
 
+    assert sum(v for (n, _), v in metrics.items() if n == "cdr_detector_shared_invalid_records_total") == len(bad_shared)
     want = Counter(reason for _, _, reason, _ in bad)
     assert by("cdr_detector_records_total", "result").get("ok") == len(good), by("cdr_detector_records_total", "result")
     assert by("cdr_detector_dlq_records_total", "reason") == want

@@ -640,3 +640,60 @@ def test_shared_pair_encoding_is_the_json_the_contract_describes():
         assert state.encode_pair(entry) == want
         assert state.decode_pair(state.encode_pair(entry)) == entry
     assert state.encode_pair(None) is None
+    # any other spelling of the same JSON reads the same (the written form has a fast path)
+    entry = [123456, 0xABCDEF, 5]
+    assert state.decode_pair(b'{ "m": ["ABCDEF", "5"], "b": 123456, "v": 1 }') == entry
+    assert state.decode_pair(orjson.dumps({"v": 1, "b": 123456, "m": ["abcdef", "5"]}, option=orjson.OPT_INDENT_2)) == entry
+
+
+@pytest.mark.parametrize("key, value", [
+    (b"c|cell-1|13800000001", b"this is not json {"),
+    (b"c|cell-1|13800000001", b'{"v":99,"b":1,"m":["1","0"]}'),  # an unknown version
+    (b"c|cell-1|13800000001", b'{"v":1,"b":1,"m":["1"]}'),  # a cell pair needs two masks
+    (b"h|8600000|13800000001", b'{"v":1,"b":1,"m":["1","2"]}'),  # a handset pair one
+    (b"h|8600000|13800000001", b'{"v":1,"b":-4,"m":["1"]}'),
+    (b"h|8600000|13800000001", b'{"v":1,"b":4294967296,"m":["1"]}'),  # a base wider than 32 bits
+    (b"h|8600000|13800000001", b'{"v":1,"b":1,"m":["-1"]}'),
+    (b"h|8600000|13800000001", b'{"v":1,"b":1,"m":"ff"}'),
+    (b"h|8600000|13800000001", b'{"v":1,"b":"1","m":["1"]}'),
+    (b"h|8600000|13800000001", b'{"v":1,"b":1,"m":["xyz"]}'),
+    (b"h|8600000|13800000001", b'[1, 2]'),
+    (b"h|8600000|13800000001", b'{"v":1,"b":1}'),
+    (b"x|8600000|13800000001", b'{"v":1,"b":1,"m":["1"]}'),  # an unknown kind
+    (b"h|13800000001", b'{"v":1,"b":1,"m":["1"]}'),  # no handset
+    (b"\xff\xfe|a|b", b'{"v":1,"b":1,"m":["1"]}'),
+    (None, b'{"v":1,"b":1,"m":["1"]}'),
+    (b"w|x", b'{"wm": 5}'),
+    (b"w|0", b'{"mark": 5}'),
+    (b"w|0", b"[5]"),
+    (b"w|0", b"not json"),
+])
+def test_a_shared_record_no_daemon_writes_is_refused_and_changes_nothing(key, value):
+    """The shared topic is compacted and every daemon reads all of it from the start: a record it
+    cannot read is refused with ValueError (the daemon counts and skips it), never half applied."""
+    s = Stream()
+    enr = Enricher(load_cfg())
+    enr.facts(s.rec(msisdn="13800000001", ts=T0, imei="8600000", cell_id="cell-1"))
+    before = (dict(enr.handsets), {k: dict(v) for k, v in enr.cells.items()})
+    with pytest.raises(ValueError):
+        state.apply_shared(enr, key, value)
+    assert (enr.handsets, enr.cells) == before
+
+
+def test_applying_every_published_record_gives_the_writers_tables():
+    """What a second daemon does with the first one's shared topic (`apply_shared` on every
+    record, watermarks included) leaves it the tables the writer has, and the watermarks."""
+    rng = random.Random(3)
+    s = Stream()
+    writer = Enricher(load_cfg(), track_changes=True)
+    reader = Enricher(load_cfg())
+    for i in range(3000):
+        ts = T0 + i * 20_000 + rng.randrange(-30_000, 30_000)
+        writer.facts(s.rec(msisdn=f"1380000{rng.randrange(40):04d}", ts=ts, direction=rng.choice(["MO", "MT"]),
+                           imei=f"86000{rng.randrange(25):04d}", cell_id=f"c{rng.randrange(6)}"))
+        if i % 250 == 249:  # a commit: the changed pairs, then the partition's watermark
+            for kind, key, m, entry, _ in writer.drain_changes():
+                assert state.apply_shared(reader, f"{kind}|{key}|{m}".encode(), state.encode_pair(entry)) is None
+            assert state.apply_shared(reader, b"w|2", orjson.dumps({"v": 1, "wm": ts})) == (2, ts)
+    assert reader.handsets == writer.handsets and reader.cells == writer.cells
+    assert state.apply_shared(reader, b"w|2", None) is None  # a watermark's tombstone: nothing to do

@@ -35,6 +35,7 @@ EXPECTED = {
     "storm_breaker": ("cdr_detector_storm_breaker_tripped", "gauge", ()),
     "shared_wait_timeouts": ("cdr_detector_shared_wait_timeouts_total", "counter", ()),
     "skew_wait_timeouts": ("cdr_detector_skew_wait_timeouts_total", "counter", ()),
+    "shared_invalid": ("cdr_detector_shared_invalid_records_total", "counter", ()),
     "dlq": ("cdr_detector_dlq_records_total", "counter", ("reason",)),
     "batch_seconds": ("cdr_detector_batch_processing_seconds", "histogram", ()),
     "last_event_ts": ("cdr_detector_last_record_event_timestamp_seconds", "gauge", ()),
@@ -195,3 +196,58 @@ def test_shutdown_frees_the_port(metrics):
     srv.shutdown()
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))  # would fail with EADDRINUSE if still listening
+
+
+def test_per_record_metrics_are_published_per_batch_and_complete_after_a_run():
+    """Records counted ok and the last event time are brought into the metrics once per batch
+    (`Pipeline.publish_metrics`, which the daemon calls after each polled batch and `run` every
+    4,096 records and at its end): after a run they are exactly the pipeline's own counts."""
+    from conftest import T0, Stream, load_cfg
+    from detector.backtest import run
+    from detector.core import Detector
+    from detector.pipeline import Pipeline
+
+    s = Stream()
+    recs = [s.rec(msisdn=f"1380000{i % 50:04d}", ts=T0 + i * 1000) for i in range(5000)]
+    m = Metrics()
+    pipeline = Pipeline(Detector(load_cfg()), m)
+    for r in recs[:10]:
+        pipeline.process(r)
+    pipeline.publish_metrics()
+    assert m.registry.get_sample_value("cdr_detector_records_total", {"result": "ok"}) == 10
+    assert m.registry.get_sample_value("cdr_detector_last_record_event_timestamp_seconds") == recs[9].ts / 1000
+    run(pipeline, recs[10:])
+    ok = m.registry.get_sample_value("cdr_detector_records_total", {"result": "ok"})
+    assert ok == pipeline.counts["ok"] == len(recs)
+    assert m.registry.get_sample_value("cdr_detector_last_record_event_timestamp_seconds") == recs[-1].ts / 1000
+
+
+def test_batch_histogram_exposes_what_a_prometheus_histogram_does():
+    """The score histogram takes a batch per lock; scraped, it must read as the client library's
+    own Histogram fed the same values one by one (every bucket, `_count`, `_sum`)."""
+    import random
+
+    from prometheus_client import Histogram
+
+    from detector.metrics import SCORE_BUCKETS, BatchHistogram
+
+    rng = random.Random(2)
+    values = [rng.random() for _ in range(3000)] + [0.0, 0.05, 0.1, 1.0, 0.95, 0.35]
+    mine_registry, theirs_registry = CollectorRegistry(), CollectorRegistry()
+    mine = BatchHistogram("x_score", "doc", SCORE_BUCKETS, mine_registry)
+    theirs = Histogram("x_score", "doc", buckets=SCORE_BUCKETS, registry=theirs_registry)
+    for i in range(0, len(values), 700):
+        mine.observe_many(values[i:i + 700])
+    mine.observe(0.5)
+    for v in values + [0.5]:
+        theirs.observe(v)
+
+    def samples(registry):
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in registry.collect() for s in f.samples if not s.name.endswith("_created")}
+
+    got, want = samples(mine_registry), samples(theirs_registry)
+    assert got.keys() == want.keys()
+    for k in want:
+        assert got[k] == pytest.approx(want[k], rel=1e-12), k
+    assert got[("x_score_count", ())] == len(values) + 1
