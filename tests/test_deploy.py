@@ -120,7 +120,8 @@ def test_every_alert_is_tested_firing_and_not_firing():
             (firing if case.get("exp_alerts") else quiet).add(case["alertname"])
     alerts = {r["alert"] for r in rules("alert")}
     assert alerts == {"CdrDetectorDown", "ConsumerLagHigh", "InvalidRecordRateHigh",
-                      "OverturnRateAboveBudget", "SuspensionRateSpike", "StormBreakerTripped"}
+                      "OverturnRateAboveBudget", "SuspensionRateSpike", "StormBreakerTripped",
+                      "SharedFactsRecordsSkipped"}
     assert alerts - firing == set(), "alerts never tested firing"
     assert alerts - quiet == set(), "alerts never tested quiet"
 
