@@ -95,10 +95,11 @@ def machine() -> dict:
     except OSError:
         pass
     mem_total = _meminfo().get("MemTotal", 0)
+    tree = Path(config_mod.__file__).resolve().parent.parent  # the detector measured (PYTHONPATH's in an A/B)
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tree, capture_output=True,
                                 text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "detector"], cwd=ROOT, capture_output=True,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "detector"], cwd=tree, capture_output=True,
                                text=True, timeout=10).stdout.splitlines()
     except (OSError, subprocess.SubprocessError):
         commit, dirty = "", []
