@@ -357,7 +357,7 @@ class Enricher:
             return  # expiry is deterministic: our own sweep drops the same buckets
         if kind == "h":
             b, mask = entry
-            mine = _hs_of(self.handsets.get(key), msisdn)
+            mine = self._hs_get(key, msisdn)
             if mine is None:
                 merged = _hs_pack(b, mask)
             elif b < (base := mine & _M32):

@@ -21,6 +21,7 @@ import orjson
 
 from .core import Detector, Engine
 from .features import NumberState
+from .shared import _M32
 
 STATE_VERSION = 1
 
@@ -84,7 +85,6 @@ def shared_changes(detector: Detector) -> list[tuple[int, bytes, bytes | None]]:
     return out
 
 
-_M32 = (1 << 32) - 1
 # exactly what `encode_pair` writes for a handset or a cell pair (JSON numbers have no leading zeros)
 _PAIR_WRITTEN = re.compile(rb'\{"v":%d,"b":(0|[1-9][0-9]*),"m":\["([0-9a-f]+)"(?:,"([0-9a-f]+)")?\]\}'
                            % STATE_VERSION)
