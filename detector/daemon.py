@@ -91,6 +91,7 @@ class Daemon(ConsumerRebalanceListener):
         self._caught_cache: dict[TopicPartition, bool] = {}
         self.end_offsets: dict[TopicPartition, int] = {}
         self.last_loop = time.monotonic()
+        self.poll_error_logged: dict[str, float] = {}  # consumer → when a poll error was last logged
         self.restoring = False
         self.consumer = None
         self.producer = None
@@ -353,7 +354,7 @@ class Daemon(ConsumerRebalanceListener):
             end = c.end_offsets(tps)
             remaining = {tp for tp in tps if end[tp] > c.position(tp)}
             while remaining:
-                for tp, msgs in c.poll(timeout_ms=500, max_records=5000).items():
+                for tp, msgs in self._poll_through_outage(c, "changelog", 500, 5000).items():
                     for msg in msgs:
                         pos = state.apply_change(self.detector, tp.partition, msg.key, msg.value)
                         if pos is not None:
@@ -391,7 +392,7 @@ class Daemon(ConsumerRebalanceListener):
     def _poll_profiles(self, timeout_ms: int) -> None:
         if not self.owned:
             return
-        for tp, msgs in self.profiles.poll(timeout_ms=timeout_ms, max_records=5000).items():
+        for tp, msgs in self._poll_through_outage(self.profiles, "profiles", timeout_ms, 5000).items():
             for msg in msgs:
                 if msg.value is None:
                     continue
@@ -437,7 +438,7 @@ class Daemon(ConsumerRebalanceListener):
         if self.shared_resume or self.shared_catchup:
             self._pause_own_shared()
         apply = state.apply_shared
-        for tp, msgs in self.shared.poll(timeout_ms=timeout_ms, max_records=10000).items():
+        for tp, msgs in self._poll_through_outage(self.shared, "shared", timeout_ms, 10000).items():
             for msg in msgs:
                 n += 1
                 # Merging is an idempotent OR, so our own pairs coming back are harmless — and a
@@ -510,7 +511,7 @@ class Daemon(ConsumerRebalanceListener):
         room = self.max_buffer - sum(len(b) for b in self.buffers.values())
         if room <= 0:
             timeout_ms, room = 0, 1  # keep the group session alive; take almost nothing
-        batches = self.consumer.poll(timeout_ms=timeout_ms, max_records=min(self.max_items, room))
+        batches = self._poll_through_outage(self.consumer, "records", timeout_ms, min(self.max_items, room))
         for tp, msgs in batches.items():
             buf = self.buffers.get(tp)
             if buf is None or tp in self.pending_assigned:
@@ -519,6 +520,30 @@ class Daemon(ConsumerRebalanceListener):
             self.last_fetch[tp] = time.monotonic()
             for msg in msgs:
                 buf.append(self._item(msg, is_outcome))
+
+    def _poll_through_outage(self, consumer, which: str, timeout_ms: int, max_records: int) -> dict:
+        """poll(), but a broker that is away means "nothing fetched", not a dead daemon.
+
+        kafka-python 3.0 usually returns nothing while the broker is down, yet sometimes raises
+        from poll() instead: a retriable error (seen: `KafkaConnectionError`, ECONNREFUSED, from
+        the metadata refresh inside the group coordinator's poll). The next poll reconnects, so
+        such an error is counted, logged at most once a minute, and waited out; any other
+        error still stops the daemon."""
+        try:
+            batches = consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        except KafkaError as exc:
+            if not getattr(exc, "retriable", False):
+                raise
+            self.metrics.broker_errors.labels(operation="poll").inc()
+            now = time.monotonic()
+            if now - self.poll_error_logged.get(which, -1e9) >= 60:
+                self.poll_error_logged[which] = now
+                log.warning("broker unreachable while polling; retrying", extra={
+                    "consumer": which, "error": mask_text(repr(exc))})
+            self.last_loop = now  # waiting on the broker is not being stuck
+            self.stop_event.wait(min(max(timeout_ms, 100), 1000) / 1000)  # no busy loop at timeout 0
+            return {}
+        return batches
 
     def _item(self, msg, is_outcome: bool) -> Item:
         raw = msg.value if msg.value is not None else b""
@@ -700,6 +725,7 @@ class Daemon(ConsumerRebalanceListener):
                 except KafkaError as exc:  # broker away: keep trying, stay live
                     if self.stop_event.is_set() or not getattr(exc, "retriable", False):
                         raise
+                    self.metrics.broker_errors.labels(operation="commit").inc()
                     self.last_loop = time.monotonic()
                     time.sleep(1)
             for tp, om in offsets.items():

@@ -38,6 +38,7 @@ TIERS = ("low", "high", "extreme")
 ACTIONS = ("suspend", "escalate", "restore")
 MODES = ("enforce", "shadow")
 REBALANCE_KINDS = ("assigned", "revoked", "lost")
+BROKER_OPERATIONS = ("poll", "commit")  # where a retriable broker error is waited out
 OUTCOMES = ("cleared", "confirmed_fraud")
 RESTORE_CAUSES = ("cleared", "automatic")
 
@@ -200,6 +201,10 @@ class Metrics:
             buckets=OPERATION_BUCKETS, registry=r)
         self.rebalances = Counter(
             "cdr_detector_rebalances_total", "Consumer-group rebalance callbacks, by kind.", ["kind"], registry=r)
+        self.broker_errors = Counter(
+            "cdr_detector_broker_errors_total",
+            "Retriable broker errors waited out (the broker away or unreachable), by operation.",
+            ["operation"], registry=r)
 
         self.build_info = Info(
             "cdr_detector_build", "Version of the detector and of the model it runs.", registry=r)
@@ -220,6 +225,8 @@ class Metrics:
             self.dlq.labels(reason=reason)
         for kind in REBALANCE_KINDS:
             self.rebalances.labels(kind=kind)
+        for operation in BROKER_OPERATIONS:
+            self.broker_errors.labels(operation=operation)
         for tier in TIERS:
             self.suspended_lines.labels(tier=tier)
             self.resuspensions.labels(tier=tier)

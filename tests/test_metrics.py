@@ -28,6 +28,7 @@ EXPECTED = {
     "restore_records": ("cdr_detector_state_restore_records_total", "counter", ()),
     "restore_seconds": ("cdr_detector_state_restore_seconds", "histogram", ()),
     "rebalances": ("cdr_detector_rebalances_total", "counter", ("kind",)),
+    "broker_errors": ("cdr_detector_broker_errors_total", "counter", ("operation",)),
     "outcomes": ("cdr_detector_verification_outcomes_total", "counter", ("tier", "outcome")),
     "restores": ("cdr_detector_restores_total", "counter", ("tier", "cause")),
     "suspension_to_restore": ("cdr_detector_suspension_to_restore_seconds", "histogram", ("tier",)),
