@@ -300,10 +300,32 @@ class Daemon(ConsumerRebalanceListener):
         log.info("partitions revoked", extra={"partitions": sorted({tp.partition for tp in tps})})
 
     def _take_assignment(self) -> None:
-        """Restore newly assigned partitions (main thread), then seek to the state's position."""
+        """Restore newly assigned partitions (main thread), then seek to the state's position.
+
+        A retriable broker error on the way (the broker went away during the rebalance) puts the
+        assignment back to be taken again at the next loop: restoring starts over from the
+        changelog, so a half-done attempt leaves nothing behind."""
         added = self.pending_assigned
         self.pending_assigned = set()
         new = sorted({tp.partition for tp in added} - self.owned)
+        try:
+            self._restore_and_seek(added, new)
+        except KafkaError as exc:
+            if self.stop_event.is_set() or not getattr(exc, "retriable", False):
+                raise
+            self.metrics.broker_errors.labels(operation="assign").inc()
+            log.warning("broker unreachable while taking an assignment; retrying", extra={
+                "partitions": new, "error": mask_text(repr(exc))})
+            self.owned -= set(new)
+            for p in new:
+                self.detector.engines.pop(p, None)
+            for tp in added:
+                self.buffers.pop(tp, None)
+            self.pending_assigned |= added
+            self.last_loop = time.monotonic()
+            self.stop_event.wait(1)
+
+    def _restore_and_seek(self, added: set[TopicPartition], new: list[int]) -> None:
         self.owned |= {tp.partition for tp in added}
         positions = self._restore(new) if new else {}
         self._assign_profiles(new)

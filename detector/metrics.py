@@ -38,7 +38,7 @@ TIERS = ("low", "high", "extreme")
 ACTIONS = ("suspend", "escalate", "restore")
 MODES = ("enforce", "shadow")
 REBALANCE_KINDS = ("assigned", "revoked", "lost")
-BROKER_OPERATIONS = ("poll", "commit")  # where a retriable broker error is waited out
+BROKER_OPERATIONS = ("poll", "commit", "assign")  # where a retriable broker error is waited out
 OUTCOMES = ("cleared", "confirmed_fraud")
 RESTORE_CAUSES = ("cleared", "automatic")
 

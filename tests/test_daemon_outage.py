@@ -14,6 +14,7 @@ from kafka import TopicPartition
 from kafka.errors import KafkaConnectionError, KafkaError
 
 from conftest import load_cfg
+from detector.core import Detector
 from detector.daemon import Daemon
 
 
@@ -82,3 +83,58 @@ def test_a_waited_out_error_is_logged_once_a_minute(caplog):
     warnings = [r for r in caplog.records if "broker unreachable" in r.getMessage()]
     assert len(warnings) == 1
     assert broker_errors(d, "poll") == 4
+
+
+class Seeks:
+    """The group consumer and the profiles consumer as `_take_assignment` uses them."""
+
+    def __init__(self):
+        self.seeks = {}
+
+    def seek(self, tp, pos):
+        self.seeks[tp] = pos
+
+    def committed(self, tp):
+        return None
+
+    def seek_to_beginning(self, *tps):
+        for tp in tps:
+            self.seeks[tp] = 0
+
+    def beginning_offsets(self, tps):
+        return {tp: 0 for tp in tps}
+
+    def assign(self, tps):
+        self.assigned = list(tps)
+
+    def end_offsets(self, tps):
+        return {tp: 0 for tp in tps}
+
+    def position(self, tp):
+        return 0
+
+
+def test_broker_gone_while_taking_an_assignment_puts_it_back_and_retries(monkeypatch):
+    d = Daemon(load_cfg(), serve_http=False)
+    d.detector = Detector(load_cfg(), partitions=2)
+    d.consumer, d.profiles = Seeks(), Seeks()
+    tp = TopicPartition(d.topics["records"], 1)
+    attempts = []
+
+    def restore(parts):
+        attempts.append(list(parts))
+        if len(attempts) == 1:
+            d.detector.engines[1] = object()  # a half-done restore leaves an engine behind
+            raise KafkaConnectionError("111 ECONNREFUSED")
+        return {1: {"records": 42}}
+
+    monkeypatch.setattr(d, "_restore", restore)
+    d.pending_assigned = {tp}
+    d._take_assignment()  # would raise without the guard
+    assert broker_errors(d, "assign") == 1
+    assert d.pending_assigned == {tp} and 1 not in d.owned and tp not in d.buffers
+    assert 1 not in d.detector.engines
+    d._take_assignment()
+    assert attempts == [[1], [1]], "the retry restores the partition again, from the changelog"
+    assert d.owned == {1} and not d.pending_assigned
+    assert d.consumer.seeks[tp] == 42 and d.processed[tp] == 42
