@@ -36,6 +36,10 @@ log = logging.getLogger("cdr_detector.daemon")
 WATERMARK_DONE = 2**62  # a caught-up partition holds nothing older than anything yet to come
 
 
+class StopWithoutCommit(Exception):
+    """A stop was requested while output could not be handed to the producer (broker away)."""
+
+
 class Item(NamedTuple):
     key: tuple  # merge order: (ts, 0 outcome | 1 record, record_id); invalid input sorts first
     offset: int
@@ -126,7 +130,7 @@ class Daemon(ConsumerRebalanceListener):
             self.server = serve(self.metrics, mc.get("address", "127.0.0.1"), int(mc.get("port", 9400)), self.health)
             log.info("metrics and health endpoint up", extra={"address": mc.get("address"), "port": self.server.port})
         kafka_io.ensure_topics(self.k)
-        self.producer = kafka_io.producer(self.k)
+        self.producer = kafka_io.producer(self.k, max_block_ms=int(self.k.get("max_block_ms", 5000)))
         self.consumer = kafka_io.consumer(self.k)
         n = self._partition_count()
         self.detector = Detector(self.cfg, partitions=n, track_changes=True)
@@ -169,6 +173,9 @@ class Daemon(ConsumerRebalanceListener):
                     next_commit = time.monotonic() + self.commit_interval
             self.commit()
             log.info("daemon stopped cleanly", extra={"counts": dict(self.pipeline.counts)})
+            return 0
+        except StopWithoutCommit:
+            log.error("stop requested while the broker is away: exiting without a commit")
             return 0
         finally:
             self._close()
@@ -705,8 +712,25 @@ class Daemon(ConsumerRebalanceListener):
 
     # -- commit ------------------------------------------------------------------------------
     def _send(self, topic: str, **kw) -> None:
-        """Send, keeping the future: a commit must not pass a send the broker refused."""
-        self.in_flight.append(self.producer.send(topic, **kw))
+        """Send, keeping the future: a commit must not pass a send the broker refused.
+
+        While the broker is away the producer's buffer fills up, and a send that has waited
+        `kafka.max_block_ms` for room raises `KafkaTimeoutError` having queued nothing: send it
+        again, for as long as the outage lasts, staying live. A stop requested meanwhile ends
+        the daemon without a commit; the next start replays from the last one."""
+        while True:
+            try:
+                self.in_flight.append(self.producer.send(topic, **kw))
+                return
+            except KafkaTimeoutError as exc:
+                self.metrics.broker_errors.labels(operation="send").inc()
+                now = self.last_loop = time.monotonic()  # waiting on the broker is not being stuck
+                if now - self.poll_error_logged.get("producer", -1e9) >= 60:
+                    self.poll_error_logged["producer"] = now
+                    log.warning("producer buffer full, broker not taking records; retrying",
+                                extra={"topic": topic, "error": mask_text(repr(exc))})
+                if self.stop_event.is_set():
+                    raise StopWithoutCommit from None
 
     def commit(self) -> None:
         """State changes → changelog, flush (events and state acknowledged), then offsets."""

@@ -38,21 +38,28 @@ def common(kcfg: dict) -> dict:
 PRODUCER_BACKENDS = ("kafka-python", "confluent")
 
 
-def producer(kcfg: dict):
+def producer(kcfg: dict, max_block_ms: int | None = None):
     """The producer the settings name: kafka-python (the default) or confluent-kafka (librdkafka).
 
     Both give the same surface — `send(topic, key=, value=, partition=, headers=)` returning a
     future with `failed()`/`exception`, `flush(timeout)` raising `KafkaTimeoutError` while the
     broker does not acknowledge, `close(timeout)` — so the daemon does not care which it has.
     Output must never be dropped because the broker was away for a while: both retry until it is
-    back (no delivery timeout), idempotently, with acks from all replicas."""
+    back (no delivery timeout), idempotently, with acks from all replicas.
+
+    `max_block_ms`: how long one send() may wait for room in a full buffer (or for unknown
+    metadata) before it raises `KafkaTimeoutError` having queued nothing. The daemon keeps it
+    short and sends again, so it stays live and hears a stop; None leaves kafka-python's 60 s
+    and lets the confluent adapter wait for as long as it takes (the replay tools)."""
     backend = kcfg.get("producer_backend", "kafka-python")
     if backend == "confluent":
-        return ConfluentProducer(kcfg)
+        return ConfluentProducer(kcfg, max_block_ms)
     if backend != "kafka-python":
         raise ValueError(f"kafka.producer_backend must be one of {PRODUCER_BACKENDS}, not {backend!r}")
     opts = dict(acks="all", enable_idempotence=True, linger_ms=int(kcfg.get("linger_ms", 5)), retries=2**31 - 1,
                 delivery_timeout_ms=2**31 - 1)
+    if max_block_ms is not None:
+        opts["max_block_ms"] = int(max_block_ms)
     opts.update(kcfg.get("producer_options") or {})
     return KafkaProducer(**opts, **common(kcfg))
 
@@ -106,7 +113,7 @@ class ConfluentProducer:
     few µs. Keyed records without an explicit partition go where the Java client and kafka-python
     put them (murmur2), so the suspension topic stays partitioned by number."""
 
-    def __init__(self, kcfg: dict):
+    def __init__(self, kcfg: dict, max_block_ms: int | None = None):
         from confluent_kafka import Producer  # optional dependency: pip install 'cdr-detector[fast]'
 
         conf = rdkafka_config(kcfg)
@@ -116,6 +123,7 @@ class ConfluentProducer:
         conf.update(kcfg.get("rdkafka_options") or {})
         self._p = Producer(conf)
         self._unpolled = 0
+        self.max_block_s = None if max_block_ms is None else max_block_ms / 1000
 
     def send(self, topic: str, key: bytes | None = None, value: bytes | None = None,
              partition: int | None = None, headers=None) -> _DeliveryFuture:
@@ -123,11 +131,18 @@ class ConfluentProducer:
         kw = {"partition": partition} if partition is not None else {}
         if headers:
             kw["headers"] = headers
+        give_up = None
         while True:
             try:
                 self._p.produce(topic, value, key, on_delivery=fut, **kw)
                 break
             except BufferError:  # local queue full: let deliveries drain, then retry
+                if self.max_block_s is not None:  # as kafka-python's send after max_block_ms
+                    now = time.monotonic()
+                    give_up = give_up or now + self.max_block_s
+                    if now >= give_up:  # nothing was queued: the caller sends again
+                        raise KafkaTimeoutError(f"local queue full for {self.max_block_s:g} s: "
+                                                "the broker is not taking records") from None
                 self._p.poll(0.1)
         self._unpolled += 1
         if self._unpolled >= 1000:  # serve delivery reports now and then; flush serves the rest

@@ -38,7 +38,7 @@ TIERS = ("low", "high", "extreme")
 ACTIONS = ("suspend", "escalate", "restore")
 MODES = ("enforce", "shadow")
 REBALANCE_KINDS = ("assigned", "revoked", "lost")
-BROKER_OPERATIONS = ("poll", "commit", "assign")  # where a retriable broker error is waited out
+BROKER_OPERATIONS = ("poll", "send", "commit", "assign")  # where a retriable broker error is waited out
 OUTCOMES = ("cleared", "confirmed_fraud")
 RESTORE_CAUSES = ("cleared", "automatic")
 
@@ -203,7 +203,8 @@ class Metrics:
             "cdr_detector_rebalances_total", "Consumer-group rebalance callbacks, by kind.", ["kind"], registry=r)
         self.broker_errors = Counter(
             "cdr_detector_broker_errors_total",
-            "Retriable broker errors waited out (the broker away or unreachable), by operation.",
+            "Retriable broker errors waited out (the broker away or unreachable; send: the producer buffer "
+            "full), by operation.",
             ["operation"], registry=r)
 
         self.build_info = Info(

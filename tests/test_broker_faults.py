@@ -142,6 +142,7 @@ def outage_run(tmp_path, broker: ExtraBroker, extra_env: dict, down_s: float, ca
         report["events"] = {"messages": len(messages), "distinct": len(online), "repeated_ids": len(repeats),
                             "max_repeat": max(repeats.values(), default=1)}
         report["rebalances"] = d.metric_by("cdr_detector_rebalances_total", "kind")
+        report["broker_errors"] = d.metric_by("cdr_detector_broker_errors_total", "operation")
         print("broker-fault report:", report)
         assert online == reference, diff_events(reference, online)
         # At-least-once: a repeat is allowed only as a re-send of an event whose commit was cut off.

@@ -1,9 +1,10 @@
-"""A retriable broker error raised by poll() is waited out, not fatal — without a broker.
+"""Broker errors that an outage brings are waited out, not fatal — without a broker.
 
 kafka-python 3.0 mostly returns nothing from poll() while the broker is down, but sometimes
 raises `KafkaConnectionError` (ECONNREFUSED, from a metadata refresh inside the group
 coordinator's poll). A fresh-clone CI run saw the daemon die of that in the middle of
-tests/test_broker_faults.py's outage. A stand-in consumer raises exactly that here.
+tests/test_broker_faults.py's outage. Stand-in clients raise exactly what the real ones raise:
+in poll(), while taking an assignment, and in send() once the producer's buffer is full.
 """
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ from collections import deque
 
 import pytest
 from kafka import TopicPartition
-from kafka.errors import KafkaConnectionError, KafkaError
+from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
 from conftest import load_cfg
 from detector.core import Detector
-from detector.daemon import Daemon
+from detector.daemon import Daemon, StopWithoutCommit
 
 
 class FlakyConsumer:
@@ -138,3 +139,57 @@ def test_broker_gone_while_taking_an_assignment_puts_it_back_and_retries(monkeyp
     assert attempts == [[1], [1]], "the retry restores the partition again, from the changelog"
     assert d.owned == {1} and not d.pending_assigned
     assert d.consumer.seeks[tp] == 42 and d.processed[tp] == 42
+
+
+class FullProducer:
+    """send() raises KafkaTimeoutError (waited max_block_ms for room, queued nothing) `full` times."""
+
+    def __init__(self, full: int, on_full=None):
+        self.full, self.on_full, self.sent = full, on_full, []
+
+    def send(self, topic, **kw):
+        if self.full:
+            self.full -= 1
+            if self.on_full:
+                self.on_full()
+            raise KafkaTimeoutError("local queue full for 5 s: the broker is not taking records")
+        self.sent.append((topic, kw))
+        return ("future", len(self.sent))
+
+
+def test_a_send_refused_for_a_full_buffer_is_sent_again_once_there_is_room():
+    d = Daemon(load_cfg(), serve_http=False)
+    d.producer = FullProducer(full=3)
+    d.last_loop = 0.0
+    d._send("cdr.suspensions", key=b"k", value=b"v")
+    assert d.producer.sent == [("cdr.suspensions", {"key": b"k", "value": b"v"})], "sent exactly once"
+    assert d.in_flight == [("future", 1)]
+    assert broker_errors(d, "send") == 3
+    assert d.last_loop > 0.0
+
+
+def test_a_stop_while_the_buffer_stays_full_exits_without_a_commit():
+    d = Daemon(load_cfg(), serve_http=False)
+    d.producer = FullProducer(full=10**9, on_full=d.request_stop)
+    with pytest.raises(StopWithoutCommit):
+        d._send("cdr.suspensions", key=b"k", value=b"v")
+    assert not d.producer.sent and not d.in_flight
+
+
+def test_the_confluent_adapter_gives_up_a_send_after_max_block_ms_with_nothing_queued():
+    """Real librdkafka, its broker unreachable: a full local queue makes send() raise after
+    max_block_ms (what the daemon's retry relies on) — and wait for as long as it takes without."""
+    import time  # confluent-kafka is a test dependency: this runs, never skips
+
+    from detector import kafka_io
+
+    kcfg = {"bootstrap_servers": "127.0.0.1:1", "rdkafka_options": {"queue.buffering.max.messages": 5}}
+    p = kafka_io.ConfluentProducer(kcfg, max_block_ms=300)
+    for _ in range(5):
+        p.send("t", key=b"k", value=b"v")
+    t0 = time.monotonic()
+    with pytest.raises(KafkaTimeoutError):
+        p.send("t", key=b"k", value=b"v")
+    assert 0.3 <= time.monotonic() - t0 < 5
+    assert len(p._p) == 5, "the refused send was not queued"
+    assert kafka_io.ConfluentProducer(kcfg).max_block_s is None  # the replay tools wait forever
