@@ -95,7 +95,7 @@ class Daemon(ConsumerRebalanceListener):
         self._caught_cache: dict[TopicPartition, bool] = {}
         self.end_offsets: dict[TopicPartition, int] = {}
         self.last_loop = time.monotonic()
-        self.poll_error_logged: dict[str, float] = {}  # consumer → when a poll error was last logged
+        self.broker_error_logged: dict[str, float] = {}  # client → when its outage error was last logged
         self.restoring = False
         self.consumer = None
         self.producer = None
@@ -565,8 +565,8 @@ class Daemon(ConsumerRebalanceListener):
                 raise
             self.metrics.broker_errors.labels(operation="poll").inc()
             now = time.monotonic()
-            if now - self.poll_error_logged.get(which, -1e9) >= 60:
-                self.poll_error_logged[which] = now
+            if now - self.broker_error_logged.get(which, -1e9) >= 60:
+                self.broker_error_logged[which] = now
                 log.warning("broker unreachable while polling; retrying", extra={
                     "consumer": which, "error": mask_text(repr(exc))})
             self.last_loop = now  # waiting on the broker is not being stuck
@@ -725,9 +725,10 @@ class Daemon(ConsumerRebalanceListener):
             except KafkaTimeoutError as exc:
                 self.metrics.broker_errors.labels(operation="send").inc()
                 now = self.last_loop = time.monotonic()  # waiting on the broker is not being stuck
-                if now - self.poll_error_logged.get("producer", -1e9) >= 60:
-                    self.poll_error_logged["producer"] = now
-                    log.warning("producer buffer full, broker not taking records; retrying",
+                if now - self.broker_error_logged.get("producer", -1e9) >= 60:
+                    self.broker_error_logged["producer"] = now
+                    log.warning("send refused after max_block_ms (broker away: buffer full or metadata "
+                                "unknown); retrying",
                                 extra={"topic": topic, "error": mask_text(repr(exc))})
                 if self.stop_event.is_set():
                     raise StopWithoutCommit from None
