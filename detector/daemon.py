@@ -320,16 +320,13 @@ class Daemon(ConsumerRebalanceListener):
         except KafkaError as exc:
             if self.stop_event.is_set() or not getattr(exc, "retriable", False):
                 raise
-            self.metrics.broker_errors.labels(operation="assign").inc()
-            log.warning("broker unreachable while taking an assignment; retrying", extra={
-                "partitions": new, "error": mask_text(repr(exc))})
+            self._broker_away("assign", "records", exc, partitions=new)
             self.owned -= set(new)
             for p in new:
                 self.detector.engines.pop(p, None)
             for tp in added:
                 self.buffers.pop(tp, None)
             self.pending_assigned |= added
-            self.last_loop = time.monotonic()
             self.stop_event.wait(1)
 
     def _restore_and_seek(self, added: set[TopicPartition], new: list[int]) -> None:
@@ -563,16 +560,21 @@ class Daemon(ConsumerRebalanceListener):
         except KafkaError as exc:
             if not getattr(exc, "retriable", False):
                 raise
-            self.metrics.broker_errors.labels(operation="poll").inc()
-            now = time.monotonic()
-            if now - self.broker_error_logged.get(which, -1e9) >= 60:
-                self.broker_error_logged[which] = now
-                log.warning("broker unreachable while polling; retrying", extra={
-                    "consumer": which, "error": mask_text(repr(exc))})
-            self.last_loop = now  # waiting on the broker is not being stuck
+            self._broker_away("poll", which, exc)
             self.stop_event.wait(min(max(timeout_ms, 100), 1000) / 1000)  # no busy loop at timeout 0
             return {}
         return batches
+
+    def _broker_away(self, operation: str, client: str, exc: Exception, **extra) -> None:
+        """A retriable broker error about to be waited out: count it, log it at most once a
+        minute per client (an outage repeats it every second), and stay live — waiting on the
+        broker is not being stuck."""
+        self.metrics.broker_errors.labels(operation=operation).inc()
+        now = self.last_loop = time.monotonic()
+        if now - self.broker_error_logged.get(client, -1e9) >= 60:
+            self.broker_error_logged[client] = now
+            log.warning("broker away; retrying", extra={"operation": operation, "client": client,
+                                                         "error": mask_text(repr(exc)), **extra})
 
     def _item(self, msg, is_outcome: bool) -> Item:
         raw = msg.value if msg.value is not None else b""
@@ -723,13 +725,7 @@ class Daemon(ConsumerRebalanceListener):
                 self.in_flight.append(self.producer.send(topic, **kw))
                 return
             except KafkaTimeoutError as exc:
-                self.metrics.broker_errors.labels(operation="send").inc()
-                now = self.last_loop = time.monotonic()  # waiting on the broker is not being stuck
-                if now - self.broker_error_logged.get("producer", -1e9) >= 60:
-                    self.broker_error_logged["producer"] = now
-                    log.warning("send refused after max_block_ms (broker away: buffer full or metadata "
-                                "unknown); retrying",
-                                extra={"topic": topic, "error": mask_text(repr(exc))})
+                self._broker_away("send", "producer", exc, topic=topic)  # buffer full or metadata unknown
                 if self.stop_event.is_set():
                     raise StopWithoutCommit from None
 
@@ -772,8 +768,7 @@ class Daemon(ConsumerRebalanceListener):
                 except KafkaError as exc:  # broker away: keep trying, stay live
                     if self.stop_event.is_set() or not getattr(exc, "retriable", False):
                         raise
-                    self.metrics.broker_errors.labels(operation="commit").inc()
-                    self.last_loop = time.monotonic()
+                    self._broker_away("commit", "records", exc)
                     time.sleep(1)
             for tp, om in offsets.items():
                 self.committed[tp] = om.offset
