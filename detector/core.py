@@ -90,7 +90,7 @@ class Engine:
         if st is None:
             st = self.numbers.get(rec.msisdn)
         if st is None:
-            st = self.numbers[rec.msisdn] = NumberState(rec.ts)
+            st = self.numbers.new(rec.msisdn, rec.ts)
         self.current = st  # the state this record went to (for the Detector: a sweep may replace it)
         if self.track_changes:
             self.dirty.add(rec.msisdn)
@@ -438,10 +438,7 @@ class Detector:
         a number's state already holds (replayed after a crash) is skipped, not applied twice."""
         partition = self.partition(rec.msisdn)
         eng = self.engines.get(partition) or self.engine(rec.msisdn)
-        numbers = eng.numbers
-        if len(numbers.hot) >= numbers.hot_max:
-            numbers.settle()  # at a record boundary: no state is in use
-        st = numbers.get(rec.msisdn)
+        st = eng.numbers.get(rec.msisdn)
         self.last_score = None
         if st is not None:
             if 0 <= offset <= st.applied_offset:

@@ -8,6 +8,10 @@ Two kinds of memory, on purpose:
 - *time-decayed counts* (half-lives of an hour and a day) answer "how much, how fast";
 - *per-call moving shares* (an exponential average over the last ~N outgoing calls) answer "what
   kind of calls", and react within a handful of calls even on a line with a long quiet history.
+
+A number's state is one fixed row of a `NumberStore` (its bytes are the packed state), updated
+by the compiled arithmetic of `kernel.py`; this module turns a record's strings into the numbers
+the kernel takes, and keeps the rows.
 """
 from __future__ import annotations
 
@@ -16,24 +20,37 @@ import struct
 import zlib
 from array import array
 
+import numpy as np
+
+from . import kernel as K
 from .contract import CDR, Profile, province
+from .kernel import (  # noqa: F401  (the layout's names, re-exported for the engine and tests)
+    CONTACTS,
+    D_INTL_MIN_DAY,
+    D_MO_DAY,
+    D_MO_HOUR,
+    D_MT_DAY,
+    D_PREMIUM_DAY,
+    DAY_MS,
+    FLAG_CALLED,
+    FLAG_CALLED_US,
+    HOUR_MS,
+    N_DECAYED,
+    N_SHARES,
+    PROVINCE_RING,
+    RECENT_IDS,
+    S_INTL,
+    S_NEW_PEER,
+    S_NIGHT,
+    S_OUT_OF_PROVINCE,
+    S_PREMIUM,
+    S_SHORT,
+    S_UNANSWERED,
+)
 
-HOUR_MS = 3_600_000
-DAY_MS = 24 * HOUR_MS
-
-# Indexes into NumberState.shares (per-call moving averages over outgoing calls).
-S_NEW_PEER, S_UNANSWERED, S_OUT_OF_PROVINCE, S_INTL, S_PREMIUM, S_SHORT, S_NIGHT = range(7)
-N_SHARES = 7
-# Indexes into NumberState.decayed (time-decayed counts).
-D_MO_HOUR, D_MO_DAY, D_MT_DAY, D_PREMIUM_DAY, D_INTL_MIN_DAY = range(5)
-N_DECAYED = 5
-
-CONTACTS = 32  # recent distinct peers remembered per number
-PROVINCE_RING = 12  # provinces of the last outgoing calls
-RECENT_IDS = 16  # record ids remembered per number, to drop repeated deliveries
-
-FLAG_CALLED = 1  # we called them
-FLAG_CALLED_US = 2  # they called us
+_seen_before = K.seen_before
+_update_mt = K.update_mt
+_update_mo = K.update_mo
 
 _province_ids: dict[str, int] = {}
 
@@ -53,9 +70,8 @@ def hash64(text: str) -> int:
     return ((zlib.crc32(b) << 32) | zlib.adler32(b)) or 1
 
 
-# The packed form of a NumberState: what is held in memory between records and written to the
-# changelog. Binary, because it is ~0.55 KB at most where the object form is ~1.5 KB and JSON
-# ~0.9 KB. Version 3 stores each ring (contacts, provinces, record ids, contact flags) without its
+# The packed form of a NumberState: what is written to the changelog (a row in memory is the
+# version-2 form, 551 bytes). Binary, because JSON is ~0.9 KB. Version 3 stores each ring (contacts, provinces, record ids, contact flags) without its
 # unused zero tail: a number seen a few times — most of those a carrier tracks on a given day — is
 # packed in ~0.27 KB, a number with full rings in 555 bytes. Version 2 (fixed 551 bytes) is still read.
 PACK_VERSION = 3
@@ -106,181 +122,172 @@ def packed_status_tier(blob: bytes) -> tuple[int, int]:
     return _PEEK_STATUS_TIER.unpack_from(blob)
 
 
+STATE_FIELDS = K.STATE.names[1:]  # every field of a row but the version byte
+assert STATE_FIELDS[:len(_SCALARS)] == _SCALARS  # the row is the packed head, field for field
+_SCALAR_FIELDS = tuple(n for n in STATE_FIELDS if K.STATE.fields[n][0].shape == ())
+_ARRAY_FIELDS = tuple(n for n in STATE_FIELDS if K.STATE.fields[n][0].shape != ())
+_ROW = K.STATE.itemsize  # = PACKED_SIZE_V2: a row's bytes are a version-2 packed state
+assert _ROW == PACKED_SIZE_V2
+
+
+def _to_v2(blob: bytes) -> bytes:
+    """A checked packed state (v2 or v3) as the 551 bytes of a row (version byte 2)."""
+    check_packed(blob)
+    if blob[0] == 2:
+        return blob
+    nc, np_, ni, nf = _RING_COUNTS.unpack_from(blob, _RINGS_AT)
+    a = PACKED_MIN
+    b = a + 4 * nc
+    c = b + 4 * np_
+    d = c + 8 * ni
+    return b"".join((b"\x02", blob[1:_RINGS_AT],
+                     blob[a:b], _ZEROS[:_FULL_CONTACTS - 4 * nc],
+                     blob[b:c], _ZEROS[:_FULL_PROVINCES - 4 * np_],
+                     blob[c:d], _ZEROS[:_FULL_IDS - 8 * ni],
+                     blob[d:d + nf], _ZEROS[:_FULL_FLAGS - nf]))
+
+
+def _from_v2(row: bytes) -> bytes:
+    """A row's 551 bytes as a version-3 packed state: each ring without its zero tail, cut at a
+    whole item (a zero item inside a ring is kept)."""
+    a = _RINGS_AT
+    b = a + _FULL_CONTACTS
+    c = b + _FULL_PROVINCES
+    d = c + _FULL_IDS
+    contacts = row[a:b].rstrip(b"\0")
+    provinces = row[b:c].rstrip(b"\0")
+    ids = row[c:d].rstrip(b"\0")
+    flags = row[d:].rstrip(b"\0")
+    nc = (len(contacts) + 3) >> 2
+    np_ = (len(provinces) + 3) >> 2
+    ni = (len(ids) + 7) >> 3
+    return b"".join((b"\x03", row[1:a], _RING_COUNTS.pack(nc, np_, ni, len(flags)),
+                     row[a:a + 4 * nc], row[b:b + 4 * np_], row[c:c + 8 * ni], flags))
+
+
+def _new_rows(n: int) -> np.ndarray:
+    rows = np.zeros(n, dtype=K.STATE)
+    rows["version"] = 2
+    return rows
+
+
 class NumberState:
-    """Everything the detector remembers about one number (bounded: ~0.5 KB)."""
+    """Everything the detector remembers about one number (bounded: 551 bytes), as a view of
+    one row of a `NumberStore` (or of a row of its own, for a state not in any store).
 
-    __slots__ = (
-        "first_ts", "last_ts", "n_mo", "n_mt", "n_voice",
-        "decayed", "decayed_ts", "shares",
-        "contacts", "contact_flags", "contact_pos",
-        "provinces", "province_pos",
-        "imei_hash", "imei_changes", "last_pop_ts",
-        # decision state, kept with the features so it moves with the number's partition
-        "status", "tier", "suspended_ts", "peak_score", "cleared_score", "restores", "fraud_confirmed",
-        "below_since", "recent_ids", "recent_pos", "applied_offset", "handset_lines", "cell_lines",
-    )
+    Attributes read and write the row: scalars as Python numbers, rings and counters as numpy
+    arrays over the row's memory. The compiled kernel works on the row directly."""
 
-    def __init__(self, ts: int):
-        self.first_ts = ts
-        self.last_ts = ts
-        self.n_mo = 0
-        self.n_mt = 0
-        self.n_voice = 0  # outgoing voice calls (the support of answer-based shares)
-        self.decayed = array("d", bytes(8 * N_DECAYED))
-        self.decayed_ts = ts
-        self.shares = array("d", bytes(8 * N_SHARES))
-        self.contacts = array("I", bytes(4 * CONTACTS))
-        self.contact_flags = bytearray(CONTACTS)
-        self.contact_pos = 0
-        self.provinces = array("I", bytes(4 * PROVINCE_RING))
-        self.province_pos = 0
-        self.imei_hash = 0  # hash64 of the last handset seen (0: none yet)
-        self.imei_changes = 0.0
-        self.last_pop_ts = -1
-        self.status = 0  # 0 active, 1 suspended, 2 suspended only in shadow by the storm breaker
-        self.tier = -1  # index into TIERS when suspended
-        self.suspended_ts = 0
-        self.peak_score = 0.0
-        self.cleared_score = 0.0  # score at which an operator last cleared this line
-        self.restores = 0
-        self.fraud_confirmed = False
-        self.below_since = 0
-        self.recent_ids = array("Q", bytes(8 * RECENT_IDS))
-        self.recent_pos = 0
-        self.applied_offset = -1  # input offset of the last record folded in (-1: none/offline)
-        self.handset_lines = 0  # the last cross-number facts seen, for scoring between records
-        self.cell_lines = 0
+    __slots__ = ("_rows", "_f", "_i")
 
-    # -- packed: how states are held at rest and written to the changelog --------------------
+    def __init__(self, ts: int, _rows: np.ndarray | None = None, _fields: dict | None = None, _i: int = 0):
+        if _rows is None:  # a state of its own, not in a store
+            _rows = _new_rows(1)
+            _fields = _field_views(_rows)
+        self._rows = _rows
+        self._f = _fields
+        self._i = _i
+        if ts is not None:
+            _init_row(_fields, _i, ts)
+
+    # -- packed: how states are written to the changelog --------------------------------------
+    def row_bytes(self) -> bytes:
+        """The row as it is: a version-2 packed state."""
+        i = self._i * _ROW
+        return self._f["_u8"][i:i + _ROW].tobytes()
+
     def pack(self) -> bytes:
-        # each ring without its zero tail, cut at a whole item (inline: called at every commit)
-        contacts = self.contacts.tobytes()
-        nc = (len(contacts.rstrip(b"\0")) + 3) >> 2
-        provinces = self.provinces.tobytes()
-        np_ = (len(provinces.rstrip(b"\0")) + 3) >> 2
-        ids = self.recent_ids.tobytes()
-        ni = (len(ids.rstrip(b"\0")) + 7) >> 3
-        flags = bytes(self.contact_flags).rstrip(b"\0")
-        return b"".join((_HEAD.pack(PACK_VERSION, *_GET_SCALARS(self)),
-                         self.decayed.tobytes(), self.shares.tobytes(),
-                         _RING_COUNTS.pack(nc, np_, ni, len(flags)),
-                         contacts[:nc << 2], provinces[:np_ << 2], ids[:ni << 3], flags))
+        return _from_v2(self.row_bytes())
 
     @classmethod
     def unpack(cls, blob: bytes) -> "NumberState":
-        check_packed(blob)
-        s = object.__new__(cls)
-        (_, s.first_ts, s.last_ts, s.decayed_ts, s.last_pop_ts, s.suspended_ts, s.below_since, s.applied_offset,
-         s.n_mo, s.n_mt, s.n_voice, s.restores, s.handset_lines, s.cell_lines,
-         s.contact_pos, s.province_pos, s.recent_pos, s.status, fraud, s.tier,
-         s.imei_hash, s.imei_changes, s.peak_score, s.cleared_score) = _HEAD.unpack_from(blob)
-        s.fraud_confirmed = bool(fraud)
-        s.decayed = array("d", blob[_FIXED_AT:_SHARES_AT])
-        s.shares = array("d", blob[_SHARES_AT:_RINGS_AT])
-        if blob[0] == 2:  # fixed-size rings, no counts
-            a = _RINGS_AT
-            b = a + _FULL_CONTACTS
-            c = b + _FULL_PROVINCES
-            d = c + _FULL_IDS
-            s.contacts = array("I", blob[a:b])
-            s.provinces = array("I", blob[b:c])
-            s.recent_ids = array("Q", blob[c:d])
-            s.contact_flags = bytearray(blob[d:d + _FULL_FLAGS])
-            return s
-        # v3: each ring's leading items, padded back to its full length with zeros
-        nc, np_, ni, nf = _RING_COUNTS.unpack_from(blob, _RINGS_AT)
-        a = PACKED_MIN
-        b = a + 4 * nc
-        c = b + 4 * np_
-        d = c + 8 * ni
-        s.contacts = array("I", blob[a:b] + _ZEROS[:_FULL_CONTACTS - 4 * nc] if nc < CONTACTS else blob[a:b])
-        s.provinces = array("I", blob[b:c] + _ZEROS[:_FULL_PROVINCES - 4 * np_] if np_ < PROVINCE_RING
-                            else blob[b:c])
-        s.recent_ids = array("Q", blob[c:d] + _ZEROS[:_FULL_IDS - 8 * ni] if ni < RECENT_IDS else blob[c:d])
-        s.contact_flags = bytearray(blob[d:d + nf] + _ZEROS[:_FULL_FLAGS - nf] if nf < CONTACTS else blob[d:d + nf])
-        return s
+        st = cls(None)
+        st._load(_to_v2(blob))
+        return st
+
+    def _load(self, v2: bytes) -> None:
+        i = self._i * _ROW
+        self._f["_u8"][i:i + _ROW] = np.frombuffer(v2, dtype=np.uint8)
 
     # -- state as plain data, for tests and inspection ---------------------------------------
     def to_dict(self) -> dict:
-        return {
-            "v": PACK_VERSION,
-            "first_ts": self.first_ts, "last_ts": self.last_ts, "n_mo": self.n_mo, "n_mt": self.n_mt,
-            "n_voice": self.n_voice,
-            "decayed": list(self.decayed), "decayed_ts": self.decayed_ts, "shares": list(self.shares),
-            "contacts": list(self.contacts), "contact_flags": list(self.contact_flags),
-            "contact_pos": self.contact_pos, "provinces": list(self.provinces),
-            "province_pos": self.province_pos,
-            "imei_hash": self.imei_hash, "imei_changes": self.imei_changes, "last_pop_ts": self.last_pop_ts,
-            "status": self.status, "tier": self.tier, "suspended_ts": self.suspended_ts, "peak_score": self.peak_score,
-            "cleared_score": self.cleared_score, "restores": self.restores,
-            "fraud_confirmed": self.fraud_confirmed, "below_since": self.below_since,
-            "recent_ids": list(self.recent_ids), "recent_pos": self.recent_pos,
-            "applied_offset": self.applied_offset,
-            "handset_lines": self.handset_lines, "cell_lines": self.cell_lines,
-        }
+        d = {"v": PACK_VERSION}
+        for name in STATE_FIELDS:
+            value = getattr(self, name)
+            d[name] = value.tolist() if isinstance(value, np.ndarray) else value
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "NumberState":
-        """A state from `to_dict` (v2), or from a version-1 JSON changelog record."""
+        """A state from `to_dict` (v2, v3), or from a version-1 JSON changelog record."""
         if d.get("v") == 1 and "imei" in d:
             d = dict(d, v=PACK_VERSION, imei_hash=hash64(d["imei"]) if d["imei"] else 0)
         if d.get("v") not in (2, PACK_VERSION) or type(d.get("v")) is not int:  # v2 and v3 dicts are alike
             raise ValueError(f"unknown number-state version {d.get('v')!r}")
-        missing = [name for name in cls.__slots__ if name not in d]
+        missing = [name for name in STATE_FIELDS if name not in d]
         if missing:
             raise ValueError(f"number state v1 lacks fields {missing}")
         s = cls(d["first_ts"])
-        for name in cls.__slots__:
-            value = d[name]
-            current = getattr(s, name)
-            if isinstance(current, array):
-                value = array(current.typecode, value)
-            elif isinstance(current, bytearray):
-                value = bytearray(value)
-            setattr(s, name, value)
+        for name in STATE_FIELDS:
+            setattr(s, name, d[name])
         return s
+
+
+def _field_views(rows: np.ndarray) -> dict:
+    """Each field of `rows` as an array (for NumberState's attributes), and the rows as bytes."""
+    views = {name: rows[name] for name in STATE_FIELDS}
+    views["_u8"] = rows.view(np.uint8)
+    return views
+
+
+def _init_row(f: dict, i: int, ts: int) -> None:
+    """A number's first state: seen at `ts`, nothing else known."""
+    f["first_ts"][i] = f["last_ts"][i] = f["decayed_ts"][i] = ts
+    f["last_pop_ts"][i] = -1
+    f["tier"][i] = -1  # index into TIERS when suspended
+    f["applied_offset"][i] = -1  # input offset of the last record folded in (-1: none/offline)
+
+
+def _scalar_property(name: str, kind: type):
+    def get(self):
+        return kind(self._f[name].item(self._i))
+
+    def get_int(self):
+        return self._f[name].item(self._i)
+
+    def put(self, value):
+        self._f[name][self._i] = value
+
+    return property(get_int if kind is int else get, put)
+
+
+def _array_property(name: str):
+    def get(self):
+        return self._f[name][self._i]
+
+    def put(self, value):
+        self._f[name][self._i] = value
+
+    return property(get, put)
+
+
+# status: 0 active, 1 suspended, 2 suspended only in shadow by the storm breaker; tier: index into
+# TIERS when suspended; cleared_score: the score at which an operator last cleared this line;
+# imei_hash: hash64 of the last handset seen (0: none yet); n_voice: outgoing voice calls (the
+# support of answer-based shares); handset_lines, cell_lines: the last cross-number facts seen,
+# for scoring between records.
+for _name in _SCALAR_FIELDS:
+    _kind = K.STATE.fields[_name][0].kind
+    setattr(NumberState, _name, _scalar_property(_name, float if _kind == "f" else int))
+for _name in _ARRAY_FIELDS:
+    setattr(NumberState, _name, _array_property(_name))
+NumberState.fraud_confirmed = _scalar_property("fraud_confirmed", bool)
+del _name, _kind
 
 
 def seen_before(state: NumberState, record_id: str) -> bool:
     """True if this record id is among the number's recent ones; else remember it."""
-    h = hash64(record_id)
-    ids = state.recent_ids
-    if h in ids:
-        return True
-    pos = state.recent_pos
-    ids[pos] = h
-    state.recent_pos = (pos + 1) % RECENT_IDS
-    return False
-
-
-def _decay_to(state: NumberState, ts: int) -> None:
-    dt = ts - state.decayed_ts
-    if dt <= 0:
-        return
-    d = state.decayed
-    fh = 0.5 ** (dt / HOUR_MS)
-    fd = 0.5 ** (dt / DAY_MS)
-    d[D_MO_HOUR] *= fh
-    d[D_MO_DAY] *= fd
-    d[D_MT_DAY] *= fd
-    d[D_PREMIUM_DAY] *= fd
-    d[D_INTL_MIN_DAY] *= fd
-    state.imei_changes *= fd
-    state.decayed_ts = ts
-
-
-def _remember_contact(state: NumberState, h: int, flag: int) -> bool:
-    """Mark a peer (crc32 of its number) as a contact; True when it was not a known contact."""
-    if h in state.contacts:
-        i = state.contacts.index(h)
-        if state.contact_flags[i]:
-            state.contact_flags[i] |= flag
-            return False
-    pos = state.contact_pos
-    state.contacts[pos] = h
-    state.contact_flags[pos] = flag
-    state.contact_pos = (pos + 1) % CONTACTS
-    return True
+    return _seen_before(state._rows, state._i, hash64(record_id))
 
 
 class FeatureConfig:
@@ -299,82 +306,30 @@ class FeatureConfig:
 
 
 def update_mt(state: NumberState, rec: CDR) -> None:
-    _decay_to(state, rec.ts)
-    state.last_ts = max(state.last_ts, rec.ts)
-    state.n_mt += 1
-    state.decayed[D_MT_DAY] += 1.0
-    _remember_contact(state, zlib.crc32(rec.peer.encode()), FLAG_CALLED_US)
-    _observe_imei(state, rec.imei)
-
-
-def _observe_imei(state: NumberState, imei: str) -> None:
-    h = hash64(imei) if imei else 0
-    if h != state.imei_hash:
-        if state.imei_hash:
-            state.imei_changes += 1.0
-        state.imei_hash = h
+    _update_mt(state._rows, state._i, rec.ts, zlib.crc32(rec.peer.encode()), hash64(rec.imei) if rec.imei else 0)
 
 
 def update_mo(state: NumberState, rec: CDR, home_province: str, fc: FeatureConfig) -> None:
-    """Fold one outgoing record into the number's state."""
-    _decay_to(state, rec.ts)
-    state.last_ts = max(state.last_ts, rec.ts)
-    state.n_mo += 1
-    d = state.decayed
-    d[D_MO_HOUR] += 1.0
-    d[D_MO_DAY] += 1.0
-    _observe_imei(state, rec.imei)
-
-    new_peer = _remember_contact(state, zlib.crc32(rec.peer.encode()), FLAG_CALLED)
+    """Fold one outgoing record into the number's state (its strings turned into numbers here,
+    the arithmetic compiled in `kernel.update_mo`)."""
     prov = province(rec.peer_region)
     intl = prov.startswith("INTL-")
-    voice = rec.service == "voice"
     hour = ((rec.ts / HOUR_MS) + fc.utc_offset_h) % 24
     lo, hi = fc.night_hours
-    night = lo <= hour < hi
-
-    # Per-call shares warm up as a plain mean over the first calls, then move as an EWMA.
-    a = max(fc.alpha, 1.0 / state.n_mo)
-    s = state.shares
-    s[S_NEW_PEER] += a * (new_peer - s[S_NEW_PEER])
-    s[S_OUT_OF_PROVINCE] += a * ((prov != home_province) - s[S_OUT_OF_PROVINCE])
-    s[S_INTL] += a * (intl - s[S_INTL])
-    premium = intl and prov[5:] in fc.premium_destinations
-    s[S_PREMIUM] += a * (premium - s[S_PREMIUM])
-    if premium:
-        d[D_PREMIUM_DAY] += 1.0
-    if intl and voice:
-        d[D_INTL_MIN_DAY] += rec.duration_s / 60.0
-    s[S_NIGHT] += a * (night - s[S_NIGHT])
-    if voice:
-        state.n_voice += 1
-        av = max(fc.alpha, 1.0 / state.n_voice)
-        s[S_UNANSWERED] += av * ((not rec.answered) - s[S_UNANSWERED])
-        s[S_SHORT] += av * ((rec.answered and rec.duration_s < fc.short_call_s) - s[S_SHORT])
-
-    pos = state.province_pos
-    state.provinces[pos] = _province_id(prov)
-    state.province_pos = (pos + 1) % PROVINCE_RING
+    _update_mo(state._rows, state._i, rec.ts, zlib.crc32(rec.peer.encode()),
+               hash64(rec.imei) if rec.imei else 0, _province_id(prov), prov != home_province, intl,
+               intl and prov[5:] in fc.premium_destinations, rec.service == "voice", rec.answered,
+               rec.duration_s, lo <= hour < hi, fc.alpha, fc.short_call_s)
 
 
 def callback_share(state: NumberState) -> tuple[float, int]:
     """Of the recent peers this number called, the share that also called it."""
-    called = both = 0
-    for f in state.contact_flags:
-        if f & FLAG_CALLED:
-            called += 1
-            if f & FLAG_CALLED_US:
-                both += 1
-    return (both / called if called else 0.0), called
+    return K.callback_share(state._rows, state._i)
 
 
 def province_spread(state: NumberState) -> float:
     """Distinct provinces among the last outgoing calls, per call (1.0: every call elsewhere)."""
-    n = min(state.n_mo, PROVINCE_RING)
-    if n == 0:
-        return 0.0
-    ring = state.provinces if n == PROVINCE_RING else state.provinces[:n]
-    return len(set(ring)) / n
+    return K.province_spread(state._rows, state._i)
 
 
 def tenure_days(profile: Profile | None, ts: int) -> float | None:
@@ -383,64 +338,95 @@ def tenure_days(profile: Profile | None, ts: int) -> float | None:
     return max(0.0, (ts - profile.activated_ts) / DAY_MS)
 
 
+
+
 class NumberStore:
-    """msisdn → NumberState, held packed (0.3–0.55 KB a number) except the ones in use.
+    """msisdn → NumberState, every state a row of a few large arrays (`kernel.STATE`, 551 bytes).
 
-    A state taken with `get` is unpacked into the *hot* set and may be changed in place; `settle`
-    packs the hot set back. Packing is lossless, so when it happens never changes a decision; the
-    engine settles at record boundaries once the hot set reaches `hot_max`, and the daemon at
-    every commit, where the packed bytes are exactly the changelog values."""
+    Rows live in chunks of `CHUNK` that never move, so a state taken with `get` stays valid while
+    its number is stored; a number forgotten gives its row back for the next new one. One array
+    per chunk costs no allocator overhead per number and nothing to pack or unpack per record;
+    `packed` copies a row out (trimmed to version 3) for the changelog."""
 
-    def __init__(self, hot_max: int = 32_768):
-        self.cold: dict[str, bytes] = {}
-        self.hot: dict[str, NumberState] = {}
-        self.hot_max = hot_max
+    CHUNK = 1 << 14
+
+    def __init__(self):
+        self.rows: dict[str, int] = {}  # msisdn → row id (chunk * CHUNK + index)
+        self._chunks: list[np.ndarray] = []
+        self._views: list[dict] = []  # per chunk: each field as an array (NumberState's attributes)
+        self._owner: list[str | None] = []  # row id → msisdn (None: free)
+        self._free: list[int] = []
+
+    def _allocate(self, msisdn: str) -> int:
+        if self._free:
+            r = self._free.pop()
+            self._owner[r] = msisdn
+        else:
+            r = len(self._owner)
+            if r == len(self._chunks) * self.CHUNK:
+                rows = _new_rows(self.CHUNK)
+                self._chunks.append(rows)
+                self._views.append(_field_views(rows))
+            self._owner.append(msisdn)
+        self.rows[msisdn] = r
+        return r
+
+    def _state(self, r: int) -> NumberState:
+        c, i = divmod(r, self.CHUNK)
+        st = object.__new__(NumberState)
+        st._rows = self._chunks[c]
+        st._f = self._views[c]
+        st._i = i
+        return st
+
+    def new(self, msisdn: str, ts: int) -> NumberState:
+        """A number seen for the first time at `ts`."""
+        if msisdn in self.rows:
+            del self[msisdn]
+        st = self._state(self._allocate(msisdn))
+        _init_row(st._f, st._i, ts)
+        return st
 
     def get(self, msisdn: str, default=None):
-        st = self.hot.get(msisdn)
-        if st is None:
-            blob = self.cold.pop(msisdn, None)
-            if blob is None:
-                return default
-            st = self.hot[msisdn] = NumberState.unpack(blob)
-        return st
+        r = self.rows.get(msisdn)
+        return default if r is None else self._state(r)
 
     def __getitem__(self, msisdn: str) -> NumberState:
-        st = self.get(msisdn)
-        if st is None:
-            raise KeyError(msisdn)
-        return st
+        r = self.rows[msisdn]
+        return self._state(r)
 
     def __setitem__(self, msisdn: str, st: NumberState) -> None:
-        self.cold.pop(msisdn, None)
-        self.hot[msisdn] = st
+        """Store a copy of `st` (a state of its own, e.g. from `NumberState.from_dict`)."""
+        self.put_packed(msisdn, st.row_bytes())
 
     def __delitem__(self, msisdn: str) -> None:
-        if self.hot.pop(msisdn, None) is None:
-            del self.cold[msisdn]
+        r = self.rows.pop(msisdn)
+        c, i = divmod(r, self.CHUNK)
+        self._chunks[c][i] = _BLANK  # a freed row holds nothing of the number it held
+        self._owner[r] = None
+        self._free.append(r)
 
     def pop(self, msisdn: str, default=None):
-        st = self.get(msisdn)
-        if st is None:
+        r = self.rows.get(msisdn)
+        if r is None:
             return default
-        del self.hot[msisdn]
+        st = NumberState.unpack(self.packed(msisdn))
+        del self[msisdn]
         return st
 
     def __contains__(self, msisdn: str) -> bool:
-        return msisdn in self.hot or msisdn in self.cold
+        return msisdn in self.rows
 
     def __len__(self) -> int:
-        return len(self.hot) + len(self.cold)
+        return len(self.rows)
 
     def __iter__(self):
-        yield from list(self.hot)
-        yield from list(self.cold)
+        yield from list(self.rows)
 
     def items(self):
-        """(msisdn, state) for every number: unpacks them all — for tests and tools, not hot paths."""
-        for m in list(self):
+        """(msisdn, state) for every number — for tests and tools, not hot paths."""
+        for m in list(self.rows):
             yield m, self.get(m)
-        self.settle()
 
     def values(self):
         for _, st in self.items():
@@ -448,44 +434,40 @@ class NumberStore:
 
     def put_packed(self, msisdn: str, blob: bytes) -> None:
         """Store a state as restored from the changelog (checked, not trusted)."""
-        check_packed(blob)
-        self.hot.pop(msisdn, None)
-        self.cold[msisdn] = bytes(blob)
+        v2 = _to_v2(blob)
+        r = self.rows.get(msisdn)
+        st = self._state(self._allocate(msisdn) if r is None else r)
+        st._load(v2)
 
     def packed(self, msisdn: str) -> bytes | None:
-        """The packed state (settling it first if it is in use), or None."""
-        st = self.hot.pop(msisdn, None)
-        if st is not None:
-            blob = self.cold[msisdn] = st.pack()
-            return blob
-        return self.cold.get(msisdn)
-
-    def settle(self) -> None:
-        cold = self.cold
-        for m, st in self.hot.items():
-            cold[m] = st.pack()
-        self.hot.clear()
-
-    def maybe_settle(self) -> None:
-        if len(self.hot) >= self.hot_max:
-            self.settle()
+        """The packed state (version 3), or None."""
+        r = self.rows.get(msisdn)
+        return None if r is None else self._state(r).pack()
 
     def idle(self, horizon: int) -> list[str]:
-        """Numbers last seen before `horizon` and not suspended: what the idle sweep forgets.
-        (`scan` does the same work at about twice the cost; this runs over every number hourly.)"""
-        out = [m for m, st in self.hot.items() if st.last_ts < horizon and not st.status]
-        peek = _PEEK_LAST_TS_STATUS.unpack_from
-        for m, blob in self.cold.items():
-            last_ts, status = peek(blob)
-            if last_ts < horizon and not status:
-                out.append(m)
+        """Numbers last seen before `horizon` and not suspended: what the idle sweep forgets
+        (a free row is all zeros: last seen at 0, never suspended, so it is told apart by owner)."""
+        out = []
+        owner = self._owner
+        for c, rows in enumerate(self._chunks):
+            base = c * self.CHUNK
+            for i in np.flatnonzero((rows["last_ts"] < horizon) & (rows["status"] == 0)).tolist():
+                m = owner[base + i] if base + i < len(owner) else None
+                if m is not None:
+                    out.append(m)
         return out
 
     def scan(self):
-        """(msisdn, last_ts, status, tier) for every number, without unpacking or settling any
-        (settling here would make every number's next record unpack it again)."""
-        for m, st in list(self.hot.items()):
-            yield m, st.last_ts, st.status, st.tier
-        for m, blob in list(self.cold.items()):
-            status, tier = packed_status_tier(blob)
-            yield m, packed_last_ts(blob), status, tier
+        """(msisdn, last_ts, status, tier) for every number."""
+        owner = self._owner
+        for c, rows in enumerate(self._chunks):
+            base = c * self.CHUNK
+            n = min(self.CHUNK, len(owner) - base)
+            for i, (last_ts, status, tier) in enumerate(zip(rows["last_ts"][:n].tolist(), rows["status"][:n].tolist(),
+                                                            rows["tier"][:n].tolist())):
+                m = owner[base + i]
+                if m is not None:
+                    yield m, last_ts, status, tier
+
+
+_BLANK = _new_rows(1)[0]

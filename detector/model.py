@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from river import linear_model, optim
 
-from . import features as F
+from . import kernel as K
 from .contract import Profile
 from .features import NumberState
 
@@ -58,6 +58,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature("long_tenure", "flag", 0.0, 0.0),
 )
 FEATURE_NAMES = tuple(f.name for f in FEATURES)
+N_FEATURES = len(FEATURES)
 # Scoring works on lists in FEATURES order (a record is scored many times more often than it is
 # explained); `as_dicts` names them for reasons, learning and tests.
 _COUNTS = tuple(i for i, f in enumerate(FEATURES) if f.kind == "count")
@@ -66,15 +67,16 @@ _SHARES_LOW = tuple(i for i, f in enumerate(FEATURES) if f.kind == "share_low")
 _SHARES = frozenset(_SHARES_HIGH + _SHARES_LOW)
 
 
-def _named_raw(raw: list[float], tenure: float | None) -> dict:
+def _named_raw(raw, tenure: float | None) -> dict:
     """Raw values by feature name, with `tenure_days` (what reasons quote for `new_line`)."""
-    named = dict(zip(FEATURE_NAMES, raw))
+    named = dict(zip(FEATURE_NAMES, _floats(raw)))
     named["tenure_days"] = tenure
     return named
 
 
-def _clip01(x: float) -> float:
-    return 0.0 if x < 0.0 else 1.0 if x > 1.0 else x
+def _floats(xs) -> list[float]:
+    """Python floats (for events and JSON) from an array or a list."""
+    return xs.tolist() if isinstance(xs, np.ndarray) else list(xs)
 
 
 class RiskModel:
@@ -141,66 +143,41 @@ class RiskModel:
         typ = self.typical()
         m = self.prior_calls
         t = [typ[f.name] for f in FEATURES]
-        counts = tuple((i, t[i] + 1.0) for i in _COUNTS)
-        high = tuple((i, t[i], m * t[i], (1.0 - t[i]) if t[i] < 1.0 else 0.0) for i in _SHARES_HIGH)
-        low = tuple((i, t[i], m * t[i], max(t[i], self.share_low_floor)) for i in _SHARES_LOW)
-        self._spec = (counts, high, low)
+        at = lambda idx: np.array(idx, dtype=np.int64)  # noqa: E731
+        vec = lambda xs: np.array(xs, dtype=np.float64)  # noqa: E731
+        self._spec = (
+            at(_COUNTS), vec([t[i] + 1.0 for i in _COUNTS]),
+            at(_SHARES_HIGH), vec([t[i] for i in _SHARES_HIGH]), vec([m * t[i] for i in _SHARES_HIGH]),
+            vec([(1.0 - t[i]) if t[i] < 1.0 else 0.0 for i in _SHARES_HIGH]),
+            at(_SHARES_LOW), vec([t[i] for i in _SHARES_LOW]), vec([m * t[i] for i in _SHARES_LOW]),
+            vec([max(t[i], self.share_low_floor) for i in _SHARES_LOW]),
+        )
         return self._spec
 
     # -- raw features --------------------------------------------------------------------------
     def raw_vector(self, st: NumberState, profile: Profile | None, ts: int,
                    handset_lines: int, cell_lines: int, premium_calls: float,
-                   watched_ms: int) -> tuple[list[float], list[float], float | None]:
+                   watched_ms: int) -> tuple[np.ndarray, np.ndarray, float | None]:
         """Raw feature values (FEATURES order), how many observations back each share (for
         shrinkage; 0 for counts and flags), and the line's tenure in days (None: no profile).
 
         `watched_ms` is how long the detector has been watching the stream: until it has seen a
         day of traffic it cannot know a line's contacts, so "never-seen peer", "never calls back"
-        and "no inbound" count for less (the cold start of every new deployment).
+        and "no inbound" count for less (the cold start of every new deployment). Computed by
+        `kernel.raw_vector`; the arrays are fresh for each call.
         """
         known = min(1.0, watched_ms / self.warmup_ms) if self.warmup_ms > 0 else 1.0
-        s = st.shares
-        d = st.decayed
-        n_calls = min(float(st.n_mo), self.share_calls)
-        n_voice = min(float(st.n_voice), self.share_calls)
-        cb, called = F.callback_share(st)
-        traffic = d[F.D_MO_DAY] + d[F.D_MT_DAY]
-        tenure = F.tenure_days(profile, ts)
+        raw = np.empty(N_FEATURES)
+        support = np.empty(N_FEATURES)
         if profile is None:
-            prepaid = unverified = business = 0.0
-        else:
-            prepaid = 1.0 if profile.plan == "prepaid" else 0.0
-            unverified = 0.0 if profile.id_verified else 1.0
-            business = min(1.0, tenure / 365.0) if (
-                tenure is not None and profile.segment == "business" and profile.plan == "postpaid"
-                and profile.id_verified) else 0.0
-        raw = [
-            d[F.D_MO_HOUR],  # calls_last_hour
-            s[F.S_NEW_PEER],  # new_peer_share
-            s[F.S_UNANSWERED],  # unanswered_share
-            s[F.S_SHORT],  # short_call_share
-            s[F.S_OUT_OF_PROVINCE],  # out_of_province_share
-            F.province_spread(st),  # province_spread
-            s[F.S_INTL],  # intl_share
-            premium_calls,  # premium_calls
-            d[F.D_INTL_MIN_DAY],  # intl_minutes
-            s[F.S_NIGHT],  # night_share
-            (d[F.D_MT_DAY] / traffic) if traffic > 0 else 0.0,  # inbound_share
-            cb,  # callback_share
-            float(handset_lines),  # handset_lines
-            float(cell_lines),  # cell_bypass_lines
-            1.0 if st.imei_changes >= 0.5 else 0.0,  # handset_change
-            math.exp(-tenure / self.new_line_days) if tenure is not None else 0.0,  # new_line
-            prepaid,  # prepaid
-            unverified,  # unverified
-            business,  # business_account
-            min(1.0, tenure / self.long_tenure_days) if tenure is not None else 0.0,  # long_tenure
-        ]
-        support = [
-            0.0, n_calls * known, n_voice, n_voice, n_calls, min(float(st.n_mo), F.PROVINCE_RING), n_calls,
-            0.0, 0.0, n_calls, traffic * known, float(called) * known,
-            0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
-        ]
+            tenure = K.raw_vector(st._rows, st._i, raw, support, ts, False, 0, False, False, False,
+                                  handset_lines, cell_lines, premium_calls, known, self.share_calls,
+                                  self.new_line_days, self.long_tenure_days)
+            return raw, support, None
+        tenure = K.raw_vector(st._rows, st._i, raw, support, ts, True, profile.activated_ts, profile.plan == "prepaid",
+                              profile.id_verified, profile.segment == "business" and profile.plan == "postpaid",
+                              handset_lines, cell_lines, premium_calls, known, self.share_calls,
+                              self.new_line_days, self.long_tenure_days)
         return raw, support, tenure
 
     def raw_features(self, st: NumberState, profile: Profile | None, ts: int,
@@ -209,41 +186,28 @@ class RiskModel:
         """`raw_vector` by name: raw values (plus `tenure_days`), and the support of each share."""
         raw, support, tenure = self.raw_vector(st, profile, ts, handset_lines, cell_lines, premium_calls,
                                                watched_ms)
-        return _named_raw(raw, tenure), {FEATURE_NAMES[i]: support[i] for i in sorted(_SHARES)}
+        return _named_raw(raw, tenure), {FEATURE_NAMES[i]: float(support[i]) for i in sorted(_SHARES)}
 
     # -- evidence and score --------------------------------------------------------------------
-    def evidence_vector(self, raw: list[float], support: list[float]) -> list[float]:
+    def evidence_vector(self, raw: np.ndarray, support: np.ndarray) -> np.ndarray:
         """How far each feature sits on the suspicious side of typical, in [0, 1] (FEATURES order).
 
         counts: log2 of the ratio to typical, a third per doubling; shares: shrunk towards typical
         by `prior_calls` pseudo-observations, then the distance to typical over its room (high)
-        or relative to typical (low: a rare behaviour's absence is no evidence); flags as they are."""
-        counts, high, low = self._spec or self._evidence_spec()
-        m = self.prior_calls
-        ev = raw[:]
-        for i, t1 in counts:
-            ev[i] = _clip01(math.log2((raw[i] + 1.0) / t1) / 3.0)
-        for i, t, mt, room in high:
-            n = support[i]
-            ev[i] = _clip01(((n * raw[i] + mt) / (n + m) - t) / room) if room else 0.0
-        for i, t, mt, scale in low:
-            n = support[i]
-            ev[i] = _clip01((t - (n * raw[i] + mt) / (n + m)) / scale)
+        or relative to typical (low: a rare behaviour's absence is no evidence); flags as they are.
+        Computed by `kernel.evidence_vector`."""
+        spec = self._spec or self._evidence_spec()
+        ev = np.empty(N_FEATURES)
+        K.evidence_vector(np.asarray(raw, dtype=float), np.asarray(support, dtype=float), ev, *spec, self.prior_calls)
         return ev
 
-    def score_vector(self, ev: list[float]) -> float:
-        z = self.lr.intercept
-        for w, e in zip(self._w, ev):
-            if e:
-                z += w * e
-        if z < -30:
-            return 0.0
-        return 1.0 / (1.0 + math.exp(-z))
+    def score_vector(self, ev: np.ndarray) -> float:
+        return K.score_vector(np.asarray(ev, dtype=float), self._w, self.lr.intercept)
 
     @staticmethod
     def as_dicts(raw: list[float], ev: list[float], tenure: float | None) -> tuple[dict, dict]:
         """Raw values (with `tenure_days`) and evidence by feature name: for reasons and learning."""
-        return _named_raw(raw, tenure), dict(zip(FEATURE_NAMES, ev))
+        return _named_raw(raw, tenure), dict(zip(FEATURE_NAMES, _floats(ev)))
 
     def contributions(self, ev: dict[str, float]) -> list[tuple[str, float]]:
         """Evidence × weight, largest first: what drove a decision."""
@@ -260,7 +224,7 @@ class RiskModel:
     def _refresh_weights(self) -> None:
         """The weights in FEATURES order, for `score_vector` (they change only by learning)."""
         w = self.lr._weights
-        self._w = tuple(w[name] for name in FEATURE_NAMES)
+        self._w = np.array([w[name] for name in FEATURE_NAMES], dtype=np.float64)
 
     # -- persistence ---------------------------------------------------------------------------
     def weights(self) -> dict[str, float]:

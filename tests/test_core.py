@@ -807,43 +807,50 @@ def test_suspended_lines_are_counted_as_decisions_happen_and_match_a_scan():
     assert eng.suspended_by_tier() == want
 
 
-class _NeverPackedStore(F.NumberStore):
-    """Reference: every state stays an object, nothing is ever packed or unpacked."""
+class _NeverReusedStore(F.NumberStore):
+    """Reference: one chunk for everything, and a forgotten number's row is never used again."""
 
-    def settle(self) -> None:
-        pass
+    CHUNK = 1 << 16
 
-    def scan(self):
-        for m, st in list(self.hot.items()):
-            yield m, st.last_ts, st.status, st.tier
+    def __delitem__(self, msisdn: str) -> None:
+        super().__delitem__(msisdn)
+        self._free.pop()
 
 
-def test_packing_states_at_rest_never_changes_a_decision_or_a_state(monkeypatch):
-    """States are packed at record boundaries, at sweeps and at commits; whenever that happens,
-    events and final states equal those of a detector that never packs. (A state taken before a
-    sweep once went stale and lost its updates: this is the test that would have caught it.)"""
+class _TinyChunkStore(F.NumberStore):
+    CHUNK = 3
+
+
+def test_where_a_state_is_held_never_changes_a_decision_or_a_state(monkeypatch):
+    """States are rows of chunked arrays, and the row of a number the sweep forgets is given to
+    the next new one: events and final states equal those of a store that never reuses a row,
+    however small the chunks (a reused row that kept anything of its last number, or a state
+    taken before a sweep that went stale, would show here)."""
     from detector import core as core_mod
     from detector.contract import parse_cdr, parse_profile
     from detector.generator import GeneratorSpec, generate_profiles, generate_records
 
     cfg = load_cfg()
     cfg["tiers"]["low"]["threshold"] = 0.2  # decisions, so tiers and restores are exercised too
+    cfg["state"]["idle_expiry_days"] = 0.25  # numbers are forgotten, and their rows reused
     spec = GeneratorSpec(subscribers=300, hours=50, seed=4)
     profiles = [parse_profile(p) for p in generate_profiles(spec)]
     records = [parse_cdr(r) for r in generate_records(spec)]
 
-    def run(store_cls, hot_max):
-        monkeypatch.setattr(core_mod, "NumberStore", lambda: store_cls(hot_max=hot_max))
+    def run(store_cls):
+        monkeypatch.setattr(core_mod, "NumberStore", store_cls)
         det = Detector(cfg)
         for p in profiles:
             det.on_profile(p)
         events = [e["event_id"] for r in records for e in det.on_record(r)]
         states = {m: st.to_dict() for eng in det.engines.values() for m, st in eng.numbers.items()}
-        return events, states
+        rows_taken = sum(len(eng.numbers._owner) for eng in det.engines.values())
+        return events, states, rows_taken
 
-    ref_events, ref_states = run(_NeverPackedStore, 10**9)
-    assert len(ref_events) >= 5 and len(ref_states) > 200
-    for hot_max in (1, 64):
-        events, states = run(F.NumberStore, hot_max)
+    ref_events, ref_states, ref_rows = run(_NeverReusedStore)
+    assert len(ref_events) >= 5 and len(ref_states) > 100
+    for store_cls in (F.NumberStore, _TinyChunkStore):
+        events, states, rows_taken = run(store_cls)
+        assert rows_taken < ref_rows  # rows were given back and taken again
         assert events == ref_events
         assert states == ref_states

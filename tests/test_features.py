@@ -317,12 +317,12 @@ def test_to_dict_from_dict_round_trips_exactly(fc):
     st = _suspended_busy_state(fc)
     d = st.to_dict()
     assert d["v"] == F.PACK_VERSION
-    assert set(d) == set(NumberState.__slots__) | {"v"}
+    assert set(d) == set(F.STATE_FIELDS) | {"v"}
     back = NumberState.from_dict(d)
     assert back.to_dict() == d
     via_json = NumberState.from_dict(orjson.loads(orjson.dumps(d)))
     assert orjson.dumps(via_json.to_dict()) == orjson.dumps(d)
-    for name in NumberState.__slots__:
+    for name in F.STATE_FIELDS:
         assert type(getattr(via_json, name)) is type(getattr(st, name)), name
     # and the restored state evolves exactly like the original
     nxt = _next_record(st)
@@ -338,7 +338,7 @@ def test_pack_unpack_round_trips_exactly_and_is_small(fc):
     assert len(blob) <= F.PACKED_MAX < 600 and blob[0] == F.PACK_VERSION
     back = NumberState.unpack(blob)
     assert back.to_dict() == st.to_dict()
-    for name in NumberState.__slots__:
+    for name in F.STATE_FIELDS:
         assert type(getattr(back, name)) is type(getattr(st, name)), name
     assert back.pack() == blob
     assert F.packed_last_ts(blob) == st.last_ts and F.packed_status_tier(blob) == (1, -1)
@@ -398,23 +398,29 @@ def test_version_1_json_state_is_still_read(fc):
         k: v for k, v in st.to_dict().items() if k != "imei_hash"}
 
 
-def test_number_store_holds_states_packed_and_settles_losslessly(fc):
-    store = F.NumberStore(hot_max=2)
+def test_number_store_holds_each_state_as_a_row_and_reuses_forgotten_rows(fc):
+    class Store(F.NumberStore):
+        CHUNK = 2  # so that a third number needs a second chunk
+
+    store = Store()
     a, b = _suspended_busy_state(fc), _busy_state(fc, 20)
-    store["a"], store["b"] = a, b
+    store["a"], store["b"] = a, b  # copied in
     assert len(store) == 2 and "a" in store and "c" not in store
-    want_a = a.to_dict()
-    store.settle()
-    assert not store.hot and set(store.cold) == {"a", "b"}
+    assert store["a"].to_dict() == a.to_dict() and store["b"].to_dict() == b.to_dict()
     got = store.get("a")
-    assert got is not a and got.to_dict() == want_a and "a" in store.hot
-    got.n_mo += 1  # changed in place while hot ...
-    store.settle()  # ... and kept when packed
-    assert store["a"].n_mo == want_a["n_mo"] + 1
-    assert sorted((m, s) for m, _, s, _ in store.scan()) == [("a", 1), ("b", 0)]
-    assert store.pop("b").to_dict() == b.to_dict() and len(store) == 1
+    got.n_mo += 1  # changed in place, through any view of the row
+    assert store["a"].n_mo == a.n_mo + 1 and a.n_mo == a.to_dict()["n_mo"]
+    assert NumberState.unpack(store.packed("a")).to_dict() == store["a"].to_dict()
+    c = store.new("c", T0)
+    assert c.to_dict() == NumberState(T0).to_dict() and len(store._chunks) == 2
+    assert sorted((m, s) for m, _, s, _ in store.scan()) == [("a", 1), ("b", 0), ("c", 0)]
+    assert sorted(store.idle(T0 + 1)) == ["c"] and store.idle(T0) == []  # suspended "a" is never idle
+    assert store.pop("b").to_dict() == b.to_dict() and len(store) == 2
+    d = store.new("d", T0 + 7)  # takes b's row, and nothing of b with it
+    assert d._rows is store["a"]._rows and d.to_dict() == NumberState(T0 + 7).to_dict()
     del store["a"]
-    assert len(store) == 0 and store.get("a") is None
+    assert len(store) == 2 and store.get("a") is None and store.packed("a") is None
+    assert sorted(m for m, *_ in store.scan()) == ["c", "d"]
 
 
 @pytest.mark.parametrize("version", [4, 0, None, "3"])

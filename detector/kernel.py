@@ -1,0 +1,322 @@
+"""The per-number arithmetic of the core, compiled (numba), over numbers held as rows of one array.
+
+Why: in CPython a record's feature update and scoring cost ~15 µs spread over dozens of small
+calls on small objects; compiled, the same arithmetic costs well under a microsecond, and a
+number held as one fixed row of a shared array costs no allocator overhead and no unpacking.
+
+What lives here is only arithmetic over a row (`STATE`): decay, the contact and province rings,
+the per-call shares, the record-id ring, raw features, evidence and the score. Strings are turned
+into integers before (`features.py`), decisions are taken after (`core.py`), so the rules stay
+in plain Python where they are read. The formulas are the same floating-point operations in the
+same order as the Python they replaced, so the decisions are bit for bit the same.
+
+A row's bytes are exactly a version-2 packed state (`features.PACKED_SIZE_V2`), so packing for
+the changelog is a copy and a trim. Set NUMBA_DISABLE_JIT=1 to step through this in a debugger.
+"""
+from __future__ import annotations
+
+import math
+
+import numba as nb
+import numpy as np
+from numba import types as T
+
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+CONTACTS = 32  # recent distinct peers remembered per number
+PROVINCE_RING = 12  # provinces of the last outgoing calls
+RECENT_IDS = 16  # record ids remembered per number, to drop repeated deliveries
+FLAG_CALLED = 1  # we called them
+FLAG_CALLED_US = 2  # they called us
+
+# Indexes into a row's `shares` (per-call moving averages over outgoing calls).
+S_NEW_PEER, S_UNANSWERED, S_OUT_OF_PROVINCE, S_INTL, S_PREMIUM, S_SHORT, S_NIGHT = range(7)
+N_SHARES = 7
+# Indexes into a row's `decayed` (time-decayed counts).
+D_MO_HOUR, D_MO_DAY, D_MT_DAY, D_PREMIUM_DAY, D_INTL_MIN_DAY = range(5)
+N_DECAYED = 5
+
+# One number's state: the version-2 packed layout, field for field (little-endian, unaligned).
+STATE = np.dtype([
+    ("version", "u1"),
+    ("first_ts", "<i8"), ("last_ts", "<i8"), ("decayed_ts", "<i8"), ("last_pop_ts", "<i8"),
+    ("suspended_ts", "<i8"), ("below_since", "<i8"), ("applied_offset", "<i8"),
+    ("n_mo", "<u4"), ("n_mt", "<u4"), ("n_voice", "<u4"), ("restores", "<u4"),
+    ("handset_lines", "<u4"), ("cell_lines", "<u4"),
+    ("contact_pos", "u1"), ("province_pos", "u1"), ("recent_pos", "u1"), ("status", "u1"),
+    ("fraud_confirmed", "u1"), ("tier", "i1"),
+    ("imei_hash", "<u8"), ("imei_changes", "<f8"), ("peak_score", "<f8"), ("cleared_score", "<f8"),
+    ("decayed", "<f8", (N_DECAYED,)), ("shares", "<f8", (N_SHARES,)),
+    ("contacts", "<u4", (CONTACTS,)), ("provinces", "<u4", (PROVINCE_RING,)),
+    ("recent_ids", "<u8", (RECENT_IDS,)), ("contact_flags", "u1", (CONTACTS,)),
+])
+assert STATE.itemsize == 551
+
+_ROWS = T.Array(nb.from_dtype(STATE), 1, "C")
+_VEC = T.float64[::1]
+_I = T.int64
+_U = T.uint64
+_F = T.float64
+_B = T.boolean
+_JIT = dict(cache=True, nogil=True)
+
+
+@nb.njit(T.void(_ROWS, _I, _I), **_JIT)
+def _decay_to(rows, i, ts):
+    r = rows[i]
+    dt = ts - r.decayed_ts
+    if dt <= 0:
+        return
+    d = r.decayed
+    fh = 0.5 ** (dt / HOUR_MS)
+    fd = 0.5 ** (dt / DAY_MS)
+    d[D_MO_HOUR] *= fh
+    d[D_MO_DAY] *= fd
+    d[D_MT_DAY] *= fd
+    d[D_PREMIUM_DAY] *= fd
+    d[D_INTL_MIN_DAY] *= fd
+    r.imei_changes *= fd
+    r.decayed_ts = ts
+
+
+@nb.njit(_B(_ROWS, _I, _U, _I), **_JIT)
+def _remember_contact(rows, i, h, flag):
+    """Mark a peer (crc32 of its number) as a contact; True when it was not a known contact."""
+    r = rows[i]
+    contacts = r.contacts
+    flags = r.contact_flags
+    for k in range(CONTACTS):
+        if contacts[k] == h:  # the first slot holding it, as `array.index` finds it
+            if flags[k]:
+                flags[k] |= flag
+                return False
+            break
+    pos = r.contact_pos
+    contacts[pos] = h
+    flags[pos] = flag
+    r.contact_pos = (pos + 1) % CONTACTS
+    return True
+
+
+@nb.njit(T.void(_ROWS, _I, _U), **_JIT)
+def _observe_imei(rows, i, h):
+    r = rows[i]
+    if h != r.imei_hash:
+        if r.imei_hash:
+            r.imei_changes += 1.0
+        r.imei_hash = h
+
+
+@nb.njit(_B(_ROWS, _I, _U), **_JIT)
+def seen_before(rows, i, h):
+    """True if this record-id hash is among the number's recent ones; else remember it."""
+    r = rows[i]
+    ids = r.recent_ids
+    for k in range(RECENT_IDS):
+        if ids[k] == h:
+            return True
+    pos = r.recent_pos
+    ids[pos] = h
+    r.recent_pos = (pos + 1) % RECENT_IDS
+    return False
+
+
+@nb.njit(T.void(_ROWS, _I, _I, _U, _U), **_JIT)
+def update_mt(rows, i, ts, peer_h, imei_h):
+    """Fold one incoming record into row i."""
+    _decay_to(rows, i, ts)
+    r = rows[i]
+    if ts > r.last_ts:
+        r.last_ts = ts
+    r.n_mt += 1
+    r.decayed[D_MT_DAY] += 1.0
+    _remember_contact(rows, i, peer_h, FLAG_CALLED_US)
+    _observe_imei(rows, i, imei_h)
+
+
+@nb.njit(T.void(_ROWS, _I, _I, _U, _U, T.uint32, _B, _B, _B, _B, _B, _I, _B, _F, _I), **_JIT)
+def update_mo(rows, i, ts, peer_h, imei_h, province_id, out_of_province, intl, premium, voice, answered,
+              duration_s, night, alpha, short_call_s):
+    """Fold one outgoing record into row i (the strings already turned into numbers and flags)."""
+    _decay_to(rows, i, ts)
+    r = rows[i]
+    if ts > r.last_ts:
+        r.last_ts = ts
+    r.n_mo += 1
+    d = r.decayed
+    d[D_MO_HOUR] += 1.0
+    d[D_MO_DAY] += 1.0
+    _observe_imei(rows, i, imei_h)
+    new_peer = 1.0 if _remember_contact(rows, i, peer_h, FLAG_CALLED) else 0.0
+
+    # Per-call shares warm up as a plain mean over the first calls, then move as an EWMA.
+    a = 1.0 / r.n_mo
+    if alpha >= a:
+        a = alpha
+    s = r.shares
+    s[S_NEW_PEER] += a * (new_peer - s[S_NEW_PEER])
+    s[S_OUT_OF_PROVINCE] += a * ((1.0 if out_of_province else 0.0) - s[S_OUT_OF_PROVINCE])
+    s[S_INTL] += a * ((1.0 if intl else 0.0) - s[S_INTL])
+    s[S_PREMIUM] += a * ((1.0 if premium else 0.0) - s[S_PREMIUM])
+    if premium:
+        d[D_PREMIUM_DAY] += 1.0
+    if intl and voice:
+        d[D_INTL_MIN_DAY] += duration_s / 60.0
+    s[S_NIGHT] += a * ((1.0 if night else 0.0) - s[S_NIGHT])
+    if voice:
+        r.n_voice += 1
+        av = 1.0 / r.n_voice
+        if alpha >= av:
+            av = alpha
+        s[S_UNANSWERED] += av * ((0.0 if answered else 1.0) - s[S_UNANSWERED])
+        short = answered and duration_s < short_call_s
+        s[S_SHORT] += av * ((1.0 if short else 0.0) - s[S_SHORT])
+
+    pos = r.province_pos
+    r.provinces[pos] = province_id
+    r.province_pos = (pos + 1) % PROVINCE_RING
+
+
+@nb.njit(T.Tuple((_F, _I))(_ROWS, _I), **_JIT)
+def callback_share(rows, i):
+    """Of the recent peers this number called, the share that also called it, and how many."""
+    called = 0
+    both = 0
+    flags = rows[i].contact_flags
+    for k in range(CONTACTS):
+        f = flags[k]
+        if f & FLAG_CALLED:
+            called += 1
+            if f & FLAG_CALLED_US:
+                both += 1
+    return (both / called if called else 0.0), called
+
+
+@nb.njit(_F(_ROWS, _I), **_JIT)
+def province_spread(rows, i):
+    """Distinct provinces among the last outgoing calls, per call (1.0: every call elsewhere)."""
+    r = rows[i]
+    n = r.n_mo if r.n_mo < PROVINCE_RING else PROVINCE_RING
+    if n == 0:
+        return 0.0
+    ring = r.provinces
+    distinct = 0
+    for k in range(n):
+        first = True
+        for j in range(k):
+            if ring[j] == ring[k]:
+                first = False
+                break
+        if first:
+            distinct += 1
+    return distinct / n
+
+
+@nb.njit(_F(_ROWS, _I, _VEC, _VEC, _I, _B, _I, _B, _B, _B, _I, _I, _F, _F, _F, _F, _F), **_JIT)
+def raw_vector(rows, i, raw, support, ts, has_profile, activated_ts, prepaid, id_verified, business_plan,
+               handset_lines, cell_lines, premium_calls, known, share_calls, new_line_days, long_tenure_days):
+    """Raw feature values and the support of each share into `raw` and `support` (model.FEATURES
+    order); returns the tenure in days (-1.0: no profile). `business_plan`: a postpaid business
+    account. See `model.RiskModel.raw_vector`."""
+    r = rows[i]
+    s = r.shares
+    d = r.decayed
+    n_calls = float(r.n_mo)
+    if n_calls > share_calls:
+        n_calls = share_calls
+    n_voice = float(r.n_voice)
+    if n_voice > share_calls:
+        n_voice = share_calls
+    cb, called = callback_share(rows, i)
+    traffic = d[D_MO_DAY] + d[D_MT_DAY]
+    tenure = -1.0
+    prepaid_f = 0.0
+    unverified = 0.0
+    business = 0.0
+    new_line = 0.0
+    long_tenure = 0.0
+    if has_profile:
+        tenure = (ts - activated_ts) / DAY_MS
+        if not tenure > 0.0:
+            tenure = 0.0
+        prepaid_f = 1.0 if prepaid else 0.0
+        unverified = 0.0 if id_verified else 1.0
+        if business_plan and id_verified:
+            business = tenure / 365.0
+            if not business < 1.0:
+                business = 1.0
+        new_line = math.exp(-tenure / new_line_days)
+        long_tenure = tenure / long_tenure_days
+        if not long_tenure < 1.0:
+            long_tenure = 1.0
+    raw[0] = d[D_MO_HOUR]  # calls_last_hour
+    raw[1] = s[S_NEW_PEER]  # new_peer_share
+    raw[2] = s[S_UNANSWERED]  # unanswered_share
+    raw[3] = s[S_SHORT]  # short_call_share
+    raw[4] = s[S_OUT_OF_PROVINCE]  # out_of_province_share
+    raw[5] = province_spread(rows, i)  # province_spread
+    raw[6] = s[S_INTL]  # intl_share
+    raw[7] = premium_calls  # premium_calls
+    raw[8] = d[D_INTL_MIN_DAY]  # intl_minutes
+    raw[9] = s[S_NIGHT]  # night_share
+    raw[10] = (d[D_MT_DAY] / traffic) if traffic > 0 else 0.0  # inbound_share
+    raw[11] = cb  # callback_share
+    raw[12] = float(handset_lines)  # handset_lines
+    raw[13] = float(cell_lines)  # cell_bypass_lines
+    raw[14] = 1.0 if r.imei_changes >= 0.5 else 0.0  # handset_change
+    raw[15] = new_line  # new_line
+    raw[16] = prepaid_f  # prepaid
+    raw[17] = unverified  # unverified
+    raw[18] = business  # business_account
+    raw[19] = long_tenure  # long_tenure
+    n_mo = float(r.n_mo)
+    support[:] = 0.0
+    support[1] = n_calls * known
+    support[2] = n_voice
+    support[3] = n_voice
+    support[4] = n_calls
+    support[5] = n_mo if n_mo < PROVINCE_RING else float(PROVINCE_RING)
+    support[6] = n_calls
+    support[9] = n_calls
+    support[10] = traffic * known
+    support[11] = float(called) * known
+    return tenure
+
+
+@nb.njit(_F(_F), **_JIT)
+def _clip01(x):
+    return 0.0 if x < 0.0 else 1.0 if x > 1.0 else x
+
+
+_IDX = T.int64[::1]
+
+
+@nb.njit(T.void(_VEC, _VEC, _VEC, _IDX, _VEC, _IDX, _VEC, _VEC, _VEC, _IDX, _VEC, _VEC, _VEC, _F), **_JIT)
+def evidence_vector(raw, support, ev, c_at, c_t1, h_at, h_t, h_mt, h_room, l_at, l_t, l_mt, l_scale, m):
+    """How far each feature sits on the suspicious side of typical, into `ev`. The constants are
+    `model.RiskModel._evidence_spec`'s, per kind of feature (counts, high shares, low shares)."""
+    ev[:] = raw
+    for k in range(c_at.shape[0]):
+        j = c_at[k]
+        ev[j] = _clip01(math.log2((raw[j] + 1.0) / c_t1[k]) / 3.0)
+    for k in range(h_at.shape[0]):
+        j = h_at[k]
+        n = support[j]
+        room = h_room[k]
+        ev[j] = _clip01(((n * raw[j] + h_mt[k]) / (n + m) - h_t[k]) / room) if room else 0.0
+    for k in range(l_at.shape[0]):
+        j = l_at[k]
+        n = support[j]
+        ev[j] = _clip01((l_t[k] - (n * raw[j] + l_mt[k]) / (n + m)) / l_scale[k])
+
+
+@nb.njit(_F(_VEC, _VEC, _F), **_JIT)
+def score_vector(ev, weights, intercept):
+    z = intercept
+    for k in range(ev.shape[0]):
+        e = ev[k]
+        if e:
+            z += weights[k] * e
+    if z < -30:
+        return 0.0
+    return 1.0 / (1.0 + math.exp(-z))
