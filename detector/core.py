@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-import math
 import struct
 from dataclasses import dataclass
 
+import numpy as np
+
 from . import features as F
+from . import kernel as K
 from .config import TIER_NAMES, model_id
 from .contract import CDR, Outcome, Profile, province
-from .features import FeatureConfig, NumberState, NumberStore
-from .model import RiskModel
+from .features import FeatureConfig, NumberState, NumberStore, hash64
+from .model import N_FEATURES, RiskModel, profile_inputs
 from .reasons import describe, restore_reason
 from .shared import NO_FACTS, Enricher, SharedFacts
 
@@ -38,7 +40,8 @@ class Engine:
         self.track_changes = track_changes  # the daemon persists changed numbers; a backtest need not
         self.model_id = model_id(cfg)
         self.fc = FeatureConfig(cfg["features"])
-        self.model = RiskModel(cfg["model"], self.fc.share_calls)
+        self.model = RiskModel(cfg["model"], self.fc.share_calls, watch_bias=float(cfg["restore"]["watch_bias"]))
+        self._buf = np.zeros((3, N_FEATURES))  # raw values, support, evidence of the record in hand
         self.tiers = tuple(Tier(n, float(cfg["tiers"][n]["threshold"]), str(cfg["tiers"][n]["verification"]),
                                 str(cfg["tiers"][n]["mode"]), bool(cfg["tiers"][n].get("auto_restore", False)))
                            for n in TIER_NAMES)
@@ -51,7 +54,6 @@ class Engine:
         self.restore_below = float(rc["below_score"])
         self.restore_after_ms = int(float(rc["for_hours"]) * F.HOUR_MS)
         self.cleared_margin = float(rc["cleared_margin"])
-        self.watch_bias = float(rc["watch_bias"])
         self.cleared_memory_ms = int(float(rc.get("cleared_memory_days", 30)) * F.DAY_MS)
         self.idle_expiry_ms = int(float(cfg["state"]["idle_expiry_days"]) * F.DAY_MS)
 
@@ -95,42 +97,46 @@ class Engine:
         if self.track_changes:
             self.dirty.add(rec.msisdn)
         handset_lines, cell_lines = facts if facts is not None else NO_FACTS
-        st.handset_lines = handset_lines
-        st.cell_lines = cell_lines
+        rows, i = st._rows, st._i
 
         if rec.direction == "MT":
-            F.update_mt(st, rec)
-            if st.status:  # a suspended line keeps being scored, so it can be restored
+            if K.mt_step(rows, i, *F.mt_inputs(rec), handset_lines, cell_lines):
+                # a suspended line keeps being scored, so it can be restored
                 return self._review_suspended(st, rec, self.profiles.get(rec.msisdn), handset_lines, cell_lines)
             return []  # (the profile is not looked up: in a large table that is a cache miss)
 
         profile = self.profiles.get(rec.msisdn)
-
         home = province(profile.home_region) if profile else province(rec.cell_region)
-        F.update_mo(st, rec, home, self.fc)
-        feeds_population = (not st.status and st.n_mo >= self.model.population_min_calls
-                            and rec.ts - st.last_pop_ts >= self.model.population_interval_ms)
-        if not (feeds_population or st.status or st.n_mo >= self.min_calls):
-            return []  # nothing reads this line's features yet: do not compute them
-        raw, support, tenure = self.model.raw_vector(st, profile, rec.ts, handset_lines, cell_lines,
-                                                     st.decayed[F.D_PREMIUM_DAY], rec.ts - self.start_ts)
-        if feeds_population:
-            self.model.observe_population(raw)
-            st.last_pop_ts = rec.ts
-        if st.status:
-            return self._review_suspended(st, rec, profile, handset_lines, cell_lines, (raw, support, tenure))
-        if st.n_mo < self.min_calls:
-            return []
-        ev = self.model.evidence_vector(raw, support)
-        score = self._score(st, ev)
+        model = self.model
+        kmodel = model.kernel_model()
+        buf = self._buf
+        answer, score = K.mo_step(
+            rows, i, *F.mo_inputs(rec, home, self.fc), handset_lines, cell_lines, *profile_inputs(profile),
+            rec.ts - self.start_ts,
+            self.min_calls, model.population_min_calls, model.population_interval_ms, self.cleared_memory_ms,
+            buf, kmodel)
+        if answer == K.NOTHING:
+            return []  # nothing reads this line's features yet: they were not computed
+        if answer == K.POPULATION:
+            model.observe_population(buf[0])
+            st.last_pop_ts = rec.ts  # (a line feeds the baseline only while it is not suspended)
+            if st.n_mo < self.min_calls:
+                return []
+            # scored with the typical values as they are now that this line has fed them
+            score = K.score_active(rows, i, rec.ts, self.cleared_memory_ms, buf, model.kernel_model())
+        if answer == K.SUSPENDED:
+            return self._review_suspended(st, rec, profile, handset_lines, cell_lines,
+                                          (buf[0].copy(), buf[1].copy(), F.tenure_days(profile, rec.ts)))
         self.last_score = score
         bar = self.tiers[0].threshold
-        if st.cleared_score and rec.ts - st.suspended_ts > self.cleared_memory_ms:
-            st.cleared_score = 0.0  # a clearance is not a licence forever (lines change hands)
+        if score < bar:
+            return []  # (the bar below is never lower)
         if st.cleared_score:
             bar = max(bar, min(0.999, st.cleared_score + self.cleared_margin))
         if score < bar:
             return []
+        ev, raw = buf[2].copy(), buf[0].copy()
+        tenure = F.tenure_days(profile, rec.ts)
         tier = self._tier_of(score)
         if st.cleared_score:  # cleared before and risen clearly beyond it: a heavier check
             tier = min(len(self.tiers) - 1, max(tier, st.tier + 1))
@@ -169,8 +175,7 @@ class Engine:
             features = self.model.raw_vector(st, profile, rec.ts, handset_lines, cell_lines,
                                              st.decayed[F.D_PREMIUM_DAY], rec.ts - self.start_ts)
         raw, support, tenure = features
-        ev = self.model.evidence_vector(raw, support)
-        score = self._score(st, ev)
+        score, ev = self._score(st, raw, support)
         self.last_score = score
         if score > st.peak_score:
             st.peak_score = score
@@ -232,12 +237,13 @@ class Engine:
                 counts[tier] += 1
         return counts
 
-    def _score(self, st: NumberState, ev: list[float]) -> float:
-        score = self.model.score_vector(ev)
-        if st.fraud_confirmed and 0.0 < score < 1.0:  # restored fraud lines often offend again
-            z = math.log(score / (1.0 - score)) + self.watch_bias
-            score = 1.0 / (1.0 + math.exp(-z))
-        return score
+    def _score(self, st: NumberState, raw, support) -> tuple[float, np.ndarray]:
+        """The score of a line from its raw values and their support, and the evidence (a line with
+        confirmed fraud behind it is watched more closely: `kernel.score_row`)."""
+        buf = self._buf
+        buf[0], buf[1] = raw, support
+        score = K.score_row(st._rows, st._i, buf, self.model.kernel_model())
+        return score, buf[2].copy()
 
     def _tier_of(self, score: float) -> int:
         tier = 0
@@ -440,26 +446,24 @@ class Detector:
         eng = self.engines.get(partition) or self.engine(rec.msisdn)
         st = eng.numbers.get(rec.msisdn)
         self.last_score = None
+        id_hash = hash64(rec.record_id)
         if st is not None:
-            if 0 <= offset <= st.applied_offset:
-                eng.duplicates += 1  # replayed after a crash: already folded in
+            verdict, status = K.admit(st._rows, st._i, offset, rec.ts, self.lateness_ms, id_hash)
+            if verdict == K.DUPLICATE_OFFSET or verdict == K.DUPLICATE_ID:
+                # replayed after a crash (already folded in), or a repeat that must not count twice
+                # on the shared indexes either
+                eng.duplicates += 1
                 self.last_result = "duplicate"
                 return []
-            if rec.ts < st.last_ts - self.lateness_ms:
+            if verdict == K.LATE:
                 self.late += 1  # too late to fold into rolling features: set aside, counted
                 self.last_result = "late"
-                if offset >= 0:  # the daemon dead-letters it once, not again after a restart
-                    st.applied_offset = offset
-                    if eng.track_changes:
-                        eng.dirty.add(rec.msisdn)
+                if offset >= 0 and eng.track_changes:  # the daemon dead-letters it once, not again after a restart
+                    eng.dirty.add(rec.msisdn)
                 return []
-            if F.seen_before(st, rec.record_id):
-                eng.duplicates += 1  # a repeat must not count twice on the shared indexes either
-                self.last_result = "duplicate"
-                return []
+            if status == SHADOWED_BY_BREAKER and not self.breaker.tripped:
+                eng.lift_suspension(st)  # never enforced; the breaker is re-armed: decide afresh
         self.last_result = "ok"
-        if st is not None and st.status == SHADOWED_BY_BREAKER and not self.breaker.tripped:
-            eng.lift_suspension(st)  # never enforced; the breaker is re-armed: decide afresh
         if facts is None:
             facts = self.enricher.facts(rec, partition)
         events = eng.on_record(rec, facts, st)
@@ -468,10 +472,7 @@ class Detector:
             events = self.breaker.filter(events)
             if any(e.get("_breaker") and e["action"] == "suspend" for e in events):
                 st.status = SHADOWED_BY_BREAKER
-        if st.n_mo + st.n_mt == 1:
-            F.seen_before(st, rec.record_id)
-        if offset >= 0:
-            st.applied_offset = offset
+        K.admitted(st._rows, st._i, id_hash, offset)
         self.last_score = eng.last_score
         return events
 

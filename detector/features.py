@@ -55,7 +55,7 @@ _update_mo = K.update_mo
 _province_ids: dict[str, int] = {}
 
 
-def _province_id(prov: str) -> int:
+def province_id(prov: str) -> int:
     """Stable non-zero id of a province code (crc32: no collisions among region codes)."""
     pid = _province_ids.get(prov)
     if pid is None:
@@ -299,27 +299,37 @@ class FeatureConfig:
         self.premium_destinations = frozenset(cfg.get("premium_destinations", ()))
         self.short_call_s = int(cfg.get("short_call_seconds", 5))
         self.night_hours = tuple(cfg.get("night_hours_local", (0, 6)))
+        self.night_lo, self.night_hi = self.night_hours
         self.utc_offset_h = float(cfg.get("utc_offset_hours", 8))
         self.shared_window_ms = int(float(cfg.get("shared_window_hours", 72)) * HOUR_MS)
         self.cell_window_ms = int(float(cfg.get("cell_window_hours", 24)) * HOUR_MS)
         self.bypass_min_calls = int(cfg.get("bypass_min_calls", 3))
 
 
-def update_mt(state: NumberState, rec: CDR) -> None:
-    _update_mt(state._rows, state._i, rec.ts, zlib.crc32(rec.peer.encode()), hash64(rec.imei) if rec.imei else 0)
+def mt_inputs(rec: CDR) -> tuple:
+    """An incoming record as `kernel.update_mt` takes it: time, peer and handset hashed."""
+    return rec.ts, zlib.crc32(rec.peer.encode()), hash64(rec.imei) if rec.imei else 0
 
 
-def update_mo(state: NumberState, rec: CDR, home_province: str, fc: FeatureConfig) -> None:
-    """Fold one outgoing record into the number's state (its strings turned into numbers here,
-    the arithmetic compiled in `kernel.update_mo`)."""
+def mo_inputs(rec: CDR, home_province: str, fc: FeatureConfig) -> tuple:
+    """An outgoing record as `kernel.update_mo` takes it: its strings turned into numbers and
+    flags (peer and handset hashed, the destination's province, international, premium, night)."""
     prov = province(rec.peer_region)
     intl = prov.startswith("INTL-")
     hour = ((rec.ts / HOUR_MS) + fc.utc_offset_h) % 24
-    lo, hi = fc.night_hours
-    _update_mo(state._rows, state._i, rec.ts, zlib.crc32(rec.peer.encode()),
-               hash64(rec.imei) if rec.imei else 0, _province_id(prov), prov != home_province, intl,
-               intl and prov[5:] in fc.premium_destinations, rec.service == "voice", rec.answered,
-               rec.duration_s, lo <= hour < hi, fc.alpha, fc.short_call_s)
+    return (rec.ts, zlib.crc32(rec.peer.encode()), hash64(rec.imei) if rec.imei else 0, province_id(prov),
+            prov != home_province, intl, intl and prov[5:] in fc.premium_destinations, rec.service == "voice",
+            rec.answered, rec.duration_s, fc.night_lo <= hour < fc.night_hi, fc.alpha, fc.short_call_s)
+
+
+def update_mt(state: NumberState, rec: CDR) -> None:
+    """Fold one incoming record into the number's state."""
+    _update_mt(state._rows, state._i, *mt_inputs(rec))
+
+
+def update_mo(state: NumberState, rec: CDR, home_province: str, fc: FeatureConfig) -> None:
+    """Fold one outgoing record into the number's state."""
+    _update_mo(state._rows, state._i, *mo_inputs(rec, home_province, fc))
 
 
 def callback_share(state: NumberState) -> tuple[float, int]:

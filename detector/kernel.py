@@ -288,31 +288,40 @@ def _clip01(x):
     return 0.0 if x < 0.0 else 1.0 if x > 1.0 else x
 
 
-_IDX = T.int64[::1]
+# The model as the kernel reads it: one array of shape (N_MODEL_ROWS, number of features), built by
+# `model.RiskModel.kernel_model` from the typical values, the weights and a few constants.
+M_KIND, M_T, M_MT, M_ROOM, M_WEIGHT, M_PARAM = range(6)
+N_MODEL_ROWS = 6
+KIND_FLAG, KIND_COUNT, KIND_HIGH, KIND_LOW = range(4)  # M_KIND; M_T holds t + 1 for counts
+# M_PARAM's columns
+P_PRIOR_CALLS, P_INTERCEPT, P_WATCH_BIAS, P_WARMUP_MS, P_SHARE_CALLS, P_NEW_LINE_DAYS, P_LONG_TENURE_DAYS = range(7)
+_MODEL = T.float64[:, ::1]
 
 
-@nb.njit(T.void(_VEC, _VEC, _VEC, _IDX, _VEC, _IDX, _VEC, _VEC, _VEC, _IDX, _VEC, _VEC, _VEC, _F), **_JIT)
-def evidence_vector(raw, support, ev, c_at, c_t1, h_at, h_t, h_mt, h_room, l_at, l_t, l_mt, l_scale, m):
-    """How far each feature sits on the suspicious side of typical, into `ev`. The constants are
-    `model.RiskModel._evidence_spec`'s, per kind of feature (counts, high shares, low shares)."""
-    ev[:] = raw
-    for k in range(c_at.shape[0]):
-        j = c_at[k]
-        ev[j] = _clip01(math.log2((raw[j] + 1.0) / c_t1[k]) / 3.0)
-    for k in range(h_at.shape[0]):
-        j = h_at[k]
-        n = support[j]
-        room = h_room[k]
-        ev[j] = _clip01(((n * raw[j] + h_mt[k]) / (n + m) - h_t[k]) / room) if room else 0.0
-    for k in range(l_at.shape[0]):
-        j = l_at[k]
-        n = support[j]
-        ev[j] = _clip01((l_t[k] - (n * raw[j] + l_mt[k]) / (n + m)) / l_scale[k])
+@nb.njit(T.void(_VEC, _VEC, _VEC, _MODEL), **_JIT)
+def evidence_vector(raw, support, ev, model):
+    """How far each feature sits on the suspicious side of typical, into `ev` (see
+    `model.RiskModel.evidence_vector`)."""
+    m = model[M_PARAM, P_PRIOR_CALLS]
+    for j in range(raw.shape[0]):
+        kind = model[M_KIND, j]
+        if kind == KIND_COUNT:
+            ev[j] = _clip01(math.log2((raw[j] + 1.0) / model[M_T, j]) / 3.0)
+        elif kind == KIND_HIGH:
+            n = support[j]
+            room = model[M_ROOM, j]
+            ev[j] = _clip01(((n * raw[j] + model[M_MT, j]) / (n + m) - model[M_T, j]) / room) if room else 0.0
+        elif kind == KIND_LOW:
+            n = support[j]
+            ev[j] = _clip01((model[M_T, j] - (n * raw[j] + model[M_MT, j]) / (n + m)) / model[M_ROOM, j])
+        else:
+            ev[j] = raw[j]
 
 
-@nb.njit(_F(_VEC, _VEC, _F), **_JIT)
-def score_vector(ev, weights, intercept):
-    z = intercept
+@nb.njit(_F(_VEC, _MODEL), **_JIT)
+def score_vector(ev, model):
+    z = model[M_PARAM, P_INTERCEPT]
+    weights = model[M_WEIGHT]
     for k in range(ev.shape[0]):
         e = ev[k]
         if e:
@@ -320,3 +329,126 @@ def score_vector(ev, weights, intercept):
     if z < -30:
         return 0.0
     return 1.0 / (1.0 + math.exp(-z))
+
+
+@nb.njit(_F(_I, _F), **_JIT)
+def known_share(watched_ms, warmup_ms):
+    """How much of a line's contacts the detector can know after watching the stream this long."""
+    if not warmup_ms > 0:
+        return 1.0
+    k = watched_ms / warmup_ms
+    return k if k < 1.0 else 1.0
+
+
+# -- one record, fused: what the engine calls per record ----------------------------------------
+# (one call into compiled code per record instead of several; each step is the function above)
+
+ADMIT, DUPLICATE_OFFSET, LATE, DUPLICATE_ID = range(4)  # admit's verdicts
+
+
+@nb.njit(T.UniTuple(_I, 2)(_ROWS, _I, _I, _I, _I, _U), **_JIT)
+def admit(rows, i, offset, ts, lateness_ms, id_hash):
+    """Whether a record of a known number is folded in: (verdict, the number's status).
+
+    DUPLICATE_OFFSET: at or below the input offset the state already holds (replayed after a
+    crash); LATE: later than the allowed lateness (its offset is then taken as applied, so it is
+    set aside once); DUPLICATE_ID: a record id seen among the last ones (else it is remembered)."""
+    r = rows[i]
+    if 0 <= offset <= r.applied_offset:
+        return DUPLICATE_OFFSET, r.status
+    if ts < r.last_ts - lateness_ms:
+        if offset >= 0:
+            r.applied_offset = offset
+        return LATE, r.status
+    if seen_before(rows, i, id_hash):
+        return DUPLICATE_ID, r.status
+    return ADMIT, r.status
+
+
+@nb.njit(T.void(_ROWS, _I, _U, _I), **_JIT)
+def admitted(rows, i, id_hash, offset):
+    """After a record was folded in: a new number remembers its first record id, and the state
+    the input offset it now reflects."""
+    r = rows[i]
+    if r.n_mo + r.n_mt == 1:
+        seen_before(rows, i, id_hash)
+    if offset >= 0:
+        r.applied_offset = offset
+
+
+@nb.njit(_I(_ROWS, _I, _I, _U, _U, _I, _I), **_JIT)
+def mt_step(rows, i, ts, peer_h, imei_h, handset_lines, cell_lines):
+    """An incoming record: the cross-number facts seen with it, the update; returns the status."""
+    r = rows[i]
+    r.handset_lines = handset_lines
+    r.cell_lines = cell_lines
+    update_mt(rows, i, ts, peer_h, imei_h)
+    return r.status
+
+
+NOTHING, POPULATION, SUSPENDED, SCORED = range(4)  # mo_step's answers
+_BUF = T.float64[:, ::1]  # raw values, support, evidence: one row each
+
+
+@nb.njit(_F(_ROWS, _I, _BUF, _MODEL), **_JIT)
+def score_row(rows, i, buf, model):
+    """Evidence (into buf[2]) from the raw values and support in buf[0], buf[1], and the score; a
+    line with confirmed fraud behind it is watched more closely (its log-odds raised)."""
+    evidence_vector(buf[0], buf[1], buf[2], model)
+    score = score_vector(buf[2], model)
+    if rows[i].fraud_confirmed and 0.0 < score < 1.0:  # restored fraud lines often offend again
+        z = math.log(score / (1.0 - score)) + model[M_PARAM, P_WATCH_BIAS]
+        score = 1.0 / (1.0 + math.exp(-z))
+    return score
+
+
+@nb.njit(_F(_ROWS, _I, _I, _I, _BUF, _MODEL), **_JIT)
+def score_active(rows, i, ts, cleared_memory_ms, buf, model):
+    """`score_row` for a line that is not suspended; a clearance older than `cleared_memory_ms`
+    is forgotten (a clearance is not a licence forever: lines change hands)."""
+    score = score_row(rows, i, buf, model)
+    r = rows[i]
+    if r.cleared_score and ts - r.suspended_ts > cleared_memory_ms:
+        r.cleared_score = 0.0
+    return score
+
+
+@nb.njit(_F(_ROWS, _I, _BUF, _I, _B, _I, _B, _B, _B, _I, _I, _I, _MODEL), **_JIT)
+def raw_into(rows, i, buf, ts, has_profile, activated_ts, prepaid, id_verified, business_plan, handset_lines,
+             cell_lines, watched_ms, model):
+    """`raw_vector` into buf[0], buf[1] with the model's constants; returns the tenure (-1: none)."""
+    p = model[M_PARAM]
+    return raw_vector(rows, i, buf[0], buf[1], ts, has_profile, activated_ts, prepaid, id_verified, business_plan,
+                      handset_lines, cell_lines, rows[i].decayed[D_PREMIUM_DAY],
+                      known_share(watched_ms, p[P_WARMUP_MS]), p[P_SHARE_CALLS], p[P_NEW_LINE_DAYS],
+                      p[P_LONG_TENURE_DAYS])
+
+
+@nb.njit(T.Tuple((_I, _F))(_ROWS, _I, _I, _U, _U, T.uint32, _B, _B, _B, _B, _B, _I, _B, _F, _I, _I, _I,
+                           _B, _I, _B, _B, _B, _I, _I, _I, _I, _I, _BUF, _MODEL), **_JIT)
+def mo_step(rows, i, ts, peer_h, imei_h, province_id, out_of_province, intl, premium, voice, answered, duration_s,
+            night, alpha, short_call_s, handset_lines, cell_lines,
+            has_profile, activated_ts, prepaid, id_verified, business_plan,
+            watched_ms, min_calls, population_min_calls, population_interval_ms, cleared_memory_ms, buf, model):
+    """An outgoing record: the update, then as far towards a score as the rules need.
+
+    NOTHING: nothing reads the line's features yet. Else its raw values and support are in
+    buf[0], buf[1], and POPULATION: they are due to feed the population baseline (which may move
+    the typical values the evidence needs: the caller feeds it, then scores with `score_active`);
+    SUSPENDED: the caller reviews the suspended line; SCORED: the score, evidence in buf[2]."""
+    r = rows[i]
+    r.handset_lines = handset_lines
+    r.cell_lines = cell_lines
+    update_mo(rows, i, ts, peer_h, imei_h, province_id, out_of_province, intl, premium, voice, answered,
+              duration_s, night, alpha, short_call_s)
+    status = r.status
+    feeds = status == 0 and r.n_mo >= population_min_calls and ts - r.last_pop_ts >= population_interval_ms
+    if not (feeds or status or r.n_mo >= min_calls):
+        return NOTHING, 0.0
+    raw_into(rows, i, buf, ts, has_profile, activated_ts, prepaid, id_verified, business_plan, handset_lines,
+             cell_lines, watched_ms, model)
+    if feeds:
+        return POPULATION, 0.0
+    if status:
+        return SUSPENDED, 0.0
+    return SCORED, score_active(rows, i, ts, cleared_memory_ms, buf, model)

@@ -59,12 +59,18 @@ FEATURES: tuple[Feature, ...] = (
 )
 FEATURE_NAMES = tuple(f.name for f in FEATURES)
 N_FEATURES = len(FEATURES)
-# Scoring works on lists in FEATURES order (a record is scored many times more often than it is
+# Scoring works on arrays in FEATURES order (a record is scored many times more often than it is
 # explained); `as_dicts` names them for reasons, learning and tests.
-_COUNTS = tuple(i for i, f in enumerate(FEATURES) if f.kind == "count")
-_SHARES_HIGH = tuple(i for i, f in enumerate(FEATURES) if f.kind == "share_high")
-_SHARES_LOW = tuple(i for i, f in enumerate(FEATURES) if f.kind == "share_low")
-_SHARES = frozenset(_SHARES_HIGH + _SHARES_LOW)
+_SHARES = tuple(i for i, f in enumerate(FEATURES) if f.kind.startswith("share_"))
+
+
+def profile_inputs(profile: Profile | None) -> tuple[bool, int, bool, bool, bool]:
+    """A profile as `kernel.raw_vector` takes it: whether there is one, its activation time,
+    prepaid, ID verified, and a postpaid business account."""
+    if profile is None:
+        return False, 0, False, False, False
+    return (True, profile.activated_ts, profile.plan == "prepaid", profile.id_verified,
+            profile.segment == "business" and profile.plan == "postpaid")
 
 
 def _named_raw(raw, tenure: float | None) -> dict:
@@ -82,8 +88,9 @@ def _floats(xs) -> list[float]:
 class RiskModel:
     """Population baselines + an online logistic model over evidence."""
 
-    def __init__(self, cfg: dict, share_calls: float = 8.0):
+    def __init__(self, cfg: dict, share_calls: float = 8.0, watch_bias: float = 0.0):
         self.share_calls = float(share_calls)  # features.share_window_calls: the shares' memory
+        self.watch_bias = float(watch_bias)  # log-odds added for a line with confirmed fraud behind it
         self.prior_calls = float(cfg.get("prior_calls", 3))
         self.min_population = int(cfg.get("min_population", 200))
         self.population_min_calls = int(cfg.get("population_min_calls", 5))
@@ -109,7 +116,7 @@ class RiskModel:
         self.baseline = PopulationBaseline([f for f in FEATURES if f.kind != "flag"])
         self.population_n = 0
         self._typical_cache: dict[str, float] | None = None
-        self._spec: tuple | None = None  # per-kind constants of `evidence_vector`, from typical()
+        self._spec: np.ndarray | None = None  # `kernel_model()`, from typical() and the weights
         self._refresh_weights()
 
     # -- what is typical ---------------------------------------------------------------------
@@ -136,23 +143,33 @@ class RiskModel:
             self._typical_cache = None
             self._spec = None
 
-    def _evidence_spec(self) -> tuple:
-        """What `evidence_vector` needs of the typical values, computed once per refresh of the
-        cache. Each constant is the same float the formula would compute (t + 1, m·t, 1 − t, …),
-        so evidence is bit for bit what the per-feature formula gives."""
+    def kernel_model(self) -> np.ndarray:
+        """The model as `kernel.py` reads it (rows M_KIND … M_PARAM), rebuilt whenever the typical
+        values or the weights change. Each constant is the same float the per-feature formula
+        would compute (t + 1, m·t, 1 − t, …), so evidence is bit for bit that formula's."""
+        if self._spec is not None:
+            return self._spec
         typ = self.typical()
         m = self.prior_calls
-        t = [typ[f.name] for f in FEATURES]
-        at = lambda idx: np.array(idx, dtype=np.int64)  # noqa: E731
-        vec = lambda xs: np.array(xs, dtype=np.float64)  # noqa: E731
-        self._spec = (
-            at(_COUNTS), vec([t[i] + 1.0 for i in _COUNTS]),
-            at(_SHARES_HIGH), vec([t[i] for i in _SHARES_HIGH]), vec([m * t[i] for i in _SHARES_HIGH]),
-            vec([(1.0 - t[i]) if t[i] < 1.0 else 0.0 for i in _SHARES_HIGH]),
-            at(_SHARES_LOW), vec([t[i] for i in _SHARES_LOW]), vec([m * t[i] for i in _SHARES_LOW]),
-            vec([max(t[i], self.share_low_floor) for i in _SHARES_LOW]),
-        )
-        return self._spec
+        spec = np.zeros((K.N_MODEL_ROWS, N_FEATURES))
+        for j, f in enumerate(FEATURES):
+            t = typ[f.name]
+            if f.kind == "count":
+                spec[K.M_KIND, j], spec[K.M_T, j] = K.KIND_COUNT, t + 1.0
+            elif f.kind == "share_high":
+                spec[K.M_KIND, j], spec[K.M_T, j], spec[K.M_MT, j] = K.KIND_HIGH, t, m * t
+                spec[K.M_ROOM, j] = (1.0 - t) if t < 1.0 else 0.0
+            elif f.kind == "share_low":
+                spec[K.M_KIND, j], spec[K.M_T, j], spec[K.M_MT, j] = K.KIND_LOW, t, m * t
+                spec[K.M_ROOM, j] = max(t, self.share_low_floor)
+        w = self.lr._weights
+        spec[K.M_WEIGHT] = [w[name] for name in FEATURE_NAMES]
+        p = spec[K.M_PARAM]
+        p[K.P_PRIOR_CALLS], p[K.P_INTERCEPT], p[K.P_WATCH_BIAS] = m, self.lr.intercept, self.watch_bias
+        p[K.P_WARMUP_MS], p[K.P_SHARE_CALLS] = self.warmup_ms, self.share_calls
+        p[K.P_NEW_LINE_DAYS], p[K.P_LONG_TENURE_DAYS] = self.new_line_days, self.long_tenure_days
+        self._spec = spec
+        return spec
 
     # -- raw features --------------------------------------------------------------------------
     def raw_vector(self, st: NumberState, profile: Profile | None, ts: int,
@@ -166,19 +183,12 @@ class RiskModel:
         and "no inbound" count for less (the cold start of every new deployment). Computed by
         `kernel.raw_vector`; the arrays are fresh for each call.
         """
-        known = min(1.0, watched_ms / self.warmup_ms) if self.warmup_ms > 0 else 1.0
+        known = K.known_share(watched_ms, float(self.warmup_ms))
         raw = np.empty(N_FEATURES)
         support = np.empty(N_FEATURES)
-        if profile is None:
-            tenure = K.raw_vector(st._rows, st._i, raw, support, ts, False, 0, False, False, False,
-                                  handset_lines, cell_lines, premium_calls, known, self.share_calls,
-                                  self.new_line_days, self.long_tenure_days)
-            return raw, support, None
-        tenure = K.raw_vector(st._rows, st._i, raw, support, ts, True, profile.activated_ts, profile.plan == "prepaid",
-                              profile.id_verified, profile.segment == "business" and profile.plan == "postpaid",
-                              handset_lines, cell_lines, premium_calls, known, self.share_calls,
-                              self.new_line_days, self.long_tenure_days)
-        return raw, support, tenure
+        tenure = K.raw_vector(st._rows, st._i, raw, support, ts, *profile_inputs(profile), handset_lines, cell_lines,
+                              premium_calls, known, self.share_calls, self.new_line_days, self.long_tenure_days)
+        return raw, support, (None if profile is None else tenure)
 
     def raw_features(self, st: NumberState, profile: Profile | None, ts: int,
                      handset_lines: int, cell_lines: int, premium_calls: float,
@@ -186,7 +196,7 @@ class RiskModel:
         """`raw_vector` by name: raw values (plus `tenure_days`), and the support of each share."""
         raw, support, tenure = self.raw_vector(st, profile, ts, handset_lines, cell_lines, premium_calls,
                                                watched_ms)
-        return _named_raw(raw, tenure), {FEATURE_NAMES[i]: float(support[i]) for i in sorted(_SHARES)}
+        return _named_raw(raw, tenure), {FEATURE_NAMES[i]: float(support[i]) for i in _SHARES}
 
     # -- evidence and score --------------------------------------------------------------------
     def evidence_vector(self, raw: np.ndarray, support: np.ndarray) -> np.ndarray:
@@ -196,13 +206,12 @@ class RiskModel:
         by `prior_calls` pseudo-observations, then the distance to typical over its room (high)
         or relative to typical (low: a rare behaviour's absence is no evidence); flags as they are.
         Computed by `kernel.evidence_vector`."""
-        spec = self._spec or self._evidence_spec()
         ev = np.empty(N_FEATURES)
-        K.evidence_vector(np.asarray(raw, dtype=float), np.asarray(support, dtype=float), ev, *spec, self.prior_calls)
+        K.evidence_vector(np.asarray(raw, dtype=float), np.asarray(support, dtype=float), ev, self.kernel_model())
         return ev
 
     def score_vector(self, ev: np.ndarray) -> float:
-        return K.score_vector(np.asarray(ev, dtype=float), self._w, self.lr.intercept)
+        return K.score_vector(np.asarray(ev, dtype=float), self.kernel_model())
 
     @staticmethod
     def as_dicts(raw: list[float], ev: list[float], tenure: float | None) -> tuple[dict, dict]:
@@ -222,9 +231,8 @@ class RiskModel:
         self._refresh_weights()
 
     def _refresh_weights(self) -> None:
-        """The weights in FEATURES order, for `score_vector` (they change only by learning)."""
-        w = self.lr._weights
-        self._w = np.array([w[name] for name in FEATURE_NAMES], dtype=np.float64)
+        """The weights changed (only learning changes them): the kernel's copy is rebuilt."""
+        self._spec = None
 
     # -- persistence ---------------------------------------------------------------------------
     def weights(self) -> dict[str, float]:
