@@ -180,15 +180,13 @@ class NumberState:
 
     __slots__ = ("_rows", "_f", "_i")
 
-    def __init__(self, ts: int, _rows: np.ndarray | None = None, _fields: dict | None = None, _i: int = 0):
-        if _rows is None:  # a state of its own, not in a store
-            _rows = _new_rows(1)
-            _fields = _field_views(_rows)
-        self._rows = _rows
-        self._f = _fields
-        self._i = _i
+    def __init__(self, ts: int | None):
+        """A state of its own (not in a store), first seen at `ts` (None: all zeros, to load)."""
+        self._rows = _new_rows(1)
+        self._f = _field_views(self._rows)
+        self._i = 0
         if ts is not None:
-            _init_row(_fields, _i, ts)
+            _init_row(self._f, 0, ts)
 
     # -- packed: how states are written to the changelog --------------------------------------
     def row_bytes(self) -> bytes:
@@ -248,17 +246,14 @@ def _init_row(f: dict, i: int, ts: int) -> None:
     f["applied_offset"][i] = -1  # input offset of the last record folded in (-1: none/offline)
 
 
-def _scalar_property(name: str, kind: type):
+def _scalar_property(name: str):
     def get(self):
-        return kind(self._f[name].item(self._i))
-
-    def get_int(self):
-        return self._f[name].item(self._i)
+        return self._f[name].item(self._i)  # a Python int or float
 
     def put(self, value):
         self._f[name][self._i] = value
 
-    return property(get_int if kind is int else get, put)
+    return property(get, put)
 
 
 def _array_property(name: str):
@@ -277,12 +272,12 @@ def _array_property(name: str):
 # support of answer-based shares); handset_lines, cell_lines: the last cross-number facts seen,
 # for scoring between records.
 for _name in _SCALAR_FIELDS:
-    _kind = K.STATE.fields[_name][0].kind
-    setattr(NumberState, _name, _scalar_property(_name, float if _kind == "f" else int))
+    setattr(NumberState, _name, _scalar_property(_name))
 for _name in _ARRAY_FIELDS:
     setattr(NumberState, _name, _array_property(_name))
-NumberState.fraud_confirmed = _scalar_property("fraud_confirmed", bool)
-del _name, _kind
+del _name
+NumberState.fraud_confirmed = property(lambda self: bool(self._f["fraud_confirmed"].item(self._i)),
+                                       _scalar_property("fraud_confirmed").fset)
 
 
 def seen_before(state: NumberState, record_id: str) -> bool:

@@ -15,6 +15,7 @@ the changelog is a copy and a trim. Set NUMBA_DISABLE_JIT=1 to step through this
 """
 from __future__ import annotations
 
+import logging
 import math
 
 import numba as nb
@@ -58,7 +59,28 @@ _I = T.int64
 _U = T.uint64
 _F = T.float64
 _B = T.boolean
-_JIT = dict(cache=True, nogil=True)
+
+
+def _probe():  # pragma: no cover - never called: decorated once, to see whether caching works
+    return 0
+
+
+def _jit_options() -> dict:
+    """numba caches the machine code beside this file, else under NUMBA_CACHE_DIR or the user's
+    cache directory; where it can write to none of them (a read-only install run by a user with no
+    home) `cache=True` raises at import. There the kernel is compiled in memory at each start
+    (~5 s) instead, and a warning says how to avoid it."""
+    try:
+        nb.njit(cache=True)(_probe)  # the cache's place is chosen (and checked) at decoration
+        return dict(cache=True, nogil=True)
+    except RuntimeError as err:
+        logging.getLogger("cdr_detector").warning(
+            "the compiled kernel cannot be cached (%s): compiling it at every start; set NUMBA_CACHE_DIR "
+            "to a writable directory to avoid that", err)
+        return dict(cache=False, nogil=True)
+
+
+_JIT = _jit_options()
 
 
 @nb.njit(T.void(_ROWS, _I, _I), **_JIT)

@@ -1185,6 +1185,14 @@ def deep_size(root, seen_str: set, count_seen: bool = True) -> int:
 COMMIT_RECORDS = 20_000  # the memory run drains and settles as a daemon's commit would, this often
 
 
+def settle_store(store) -> None:
+    """Pack the states in use, in a tree whose store has a hot set (before 2026-12-03); a store of
+    rows has nothing to settle."""
+    settle = getattr(store, "settle", None)
+    if settle is not None:
+        settle()
+
+
 def memory_worker(args) -> None:
     """Child process: one size. Prints a JSON line with the measurements."""
     import tracemalloc
@@ -1227,7 +1235,7 @@ def memory_worker(args) -> None:
 
     def drain():  # what the daemon does at each commit: the dirty sets are drained into the changelog
         for eng in det.engines.values():
-            eng.numbers.settle()  # ... as packed states, which leaves none unpacked
+            settle_store(eng.numbers)
             for v in vars(eng).values():
                 if isinstance(v, set):
                     v.clear()
@@ -1262,8 +1270,8 @@ def memory_worker(args) -> None:
                 f"{fed / (time.monotonic() - t0):,.0f} records/s")
     drain()
     feed_s = time.monotonic() - t0
-    for eng in det.engines.values():  # as between two commits of the daemon: states at rest are packed
-        eng.numbers.settle()
+    for eng in det.engines.values():  # as between two commits of the daemon
+        settle_store(eng.numbers)
     gc.collect()
     rss1 = rss_bytes()
     tm = None
@@ -1280,20 +1288,30 @@ def memory_worker(args) -> None:
     key_bytes = dict_bytes = 0
     blobs = []
     step = max(1, tracked // 20000)
+    rows_bytes = 0
     for eng in det.engines.values():
         store = eng.numbers
-        store.settle()  # at rest every state is packed (the daemon settles at each commit)
-        dict_bytes += sys.getsizeof(store.cold) + sys.getsizeof(store.hot)
-        for j, (msisdn, blob) in enumerate(store.cold.items()):
+        if hasattr(store, "cold"):  # a tree before 2026-12-03: states at rest packed in a dict
+            store.settle()
+            dict_bytes += sys.getsizeof(store.cold) + sys.getsizeof(store.hot)
+            held = store.cold.items()
+        else:  # every state a row of the store's chunked arrays; index, owners and free rows
+            dict_bytes += sys.getsizeof(store.rows) + sys.getsizeof(store._owner) + sys.getsizeof(store._free)
+            rows_bytes += sum(c.nbytes for c in store._chunks)
+            held = ((m, None) for m in store.rows)
+        for j, (msisdn, blob) in enumerate(held):
             key_bytes += sys.getsizeof(msisdn)
             seen_str.add(id(msisdn))
             if j % step == 0:
-                blobs.append(blob)
+                blobs.append(blob if blob is not None else store.packed(msisdn))
     state_sizes = [sys.getsizeof(b) for b in blobs]
-    unpacked = [NumberState.unpack(b) for b in blobs[:2000]]
     by_field: dict[str, float] = {"(packed bytes object)": statistics.fmean(state_sizes)}
-    by_field["(unpacked, while in use: object + fields)"] = statistics.fmean(
-        deep_size(st, set(), count_seen=False) for st in unpacked)
+    if rows_bytes:
+        by_field["(row of the store's arrays, free rows included)"] = rows_bytes / tracked
+    else:
+        unpacked = [NumberState.unpack(b) for b in blobs[:2000]]
+        by_field["(unpacked, while in use: object + fields)"] = statistics.fmean(
+            deep_size(st, set(), count_seen=False) for st in unpacked)
     enr = det.enricher
     enr_parts = {name: deep_size(v, seen_str) / tracked for name, v in vars(enr).items()
                  if isinstance(v, (dict, set, list))}

@@ -59,16 +59,22 @@ def main() -> int:
     store = NumberStore()
     rng = random.Random(0)
     for i in range(n):
-        st = NumberState(rng.randrange(T0, T0 + 10**9))
+        msisdn = f"1{i:010d}"
+        ts = rng.randrange(T0, T0 + 10**9)
+        if hasattr(store, "new"):  # every state a row of the store
+            st = store.new(msisdn, ts)
+        else:  # before 2026-12-03: packed states in a dict
+            st = NumberState(ts)
         st.status = rng.random() < 0.01
-        store.cold[f"1{i:010d}"] = st.pack()
+        if not hasattr(store, "new"):
+            store.cold[msisdn] = st.pack()
     horizon = T0 + 5 * 10**8
     t = time.perf_counter()
     if hasattr(store, "idle"):
         idle = store.idle(horizon)
     else:  # before NumberStore.idle: the engine's sweep scanned
         idle = [m for m, last_ts, status, _ in store.scan() if last_ts < horizon and not status]
-    print(f"idle sweep scan over {n:,} packed numbers: {time.perf_counter() - t:.2f} s ({len(idle):,} idle)")
+    print(f"idle sweep scan over {n:,} numbers: {time.perf_counter() - t:.2f} s ({len(idle):,} idle)")
     return 0
 
 
