@@ -56,6 +56,7 @@ class Engine:
         self.cleared_margin = float(rc["cleared_margin"])
         self.cleared_memory_ms = int(float(rc.get("cleared_memory_days", 30)) * F.DAY_MS)
         self.idle_expiry_ms = int(float(cfg["state"]["idle_expiry_days"]) * F.DAY_MS)
+        self.rest_after_ms = int(float(cfg["state"].get("rest_after_hours", 6)) * F.HOUR_MS)
 
         self.numbers = NumberStore()
         self.profiles: dict[str, Profile] = {}
@@ -287,13 +288,15 @@ class Engine:
         }
 
     def _sweep(self, now: int) -> None:
-        """Forget numbers idle past the expiry, hourly in event time."""
+        """Hourly in event time: forget numbers idle past the expiry, and hold the ones quiet for
+        `state.rest_after_hours` packed until their next record."""
         self.next_sweep = now + F.HOUR_MS
         horizon = now - self.idle_expiry_ms
         for msisdn in self.numbers.idle(horizon):
             del self.numbers[msisdn]
             if self.track_changes:
                 self.dirty.add(msisdn)  # persisted as a tombstone
+        self.numbers.rest(now - self.rest_after_ms)
 
 
 PARTITION_CACHE_MAX = 1 << 18

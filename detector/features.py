@@ -346,17 +346,21 @@ def tenure_days(profile: Profile | None, ts: int) -> float | None:
 
 
 class NumberStore:
-    """msisdn → NumberState, every state a row of a few large arrays (`kernel.STATE`, 551 bytes).
+    """msisdn → NumberState: a number in use is a row of a few large arrays (`kernel.STATE`, 551
+    bytes), a number at rest is its packed bytes (~0.3 KB while its rings are not full).
 
-    Rows live in chunks of `CHUNK` that never move, so a state taken with `get` stays valid while
-    its number is stored; a number forgotten gives its row back for the next new one. One array
-    per chunk costs no allocator overhead per number and nothing to pack or unpack per record;
-    `packed` copies a row out (trimmed to version 3) for the changelog."""
+    Rows live in chunks of `CHUNK` that never move, so a state taken with `get` stays valid until
+    the number is forgotten or put to rest; a freed row goes to the next number that needs one.
+    The engine puts numbers idle for a while to rest (`rest`, at its hourly sweep): a carrier
+    tracks tens of millions of numbers, most of them silent at any hour, and only the active
+    ones need a row. Their next record takes a row again (~2 µs). Packing is lossless, so where a
+    state is held never changes a decision."""
 
     CHUNK = 1 << 14
 
     def __init__(self):
-        self.rows: dict[str, int] = {}  # msisdn → row id (chunk * CHUNK + index)
+        self.rows: dict[str, int] = {}  # msisdn → row id (chunk * CHUNK + index), numbers in use
+        self.cold: dict[str, bytes] = {}  # msisdn → packed state, numbers at rest
         self._chunks: list[np.ndarray] = []
         self._views: list[dict] = []  # per chunk: each field as an array (NumberState's attributes)
         self._owner: list[str | None] = []  # row id → msisdn (None: free)
@@ -376,6 +380,13 @@ class NumberStore:
         self.rows[msisdn] = r
         return r
 
+    def _release(self, msisdn: str) -> None:
+        r = self.rows.pop(msisdn)
+        c, i = divmod(r, self.CHUNK)
+        self._chunks[c][i] = _BLANK  # a freed row holds nothing of the number it held
+        self._owner[r] = None
+        self._free.append(r)
+
     def _state(self, r: int) -> NumberState:
         c, i = divmod(r, self.CHUNK)
         st = object.__new__(NumberState)
@@ -386,7 +397,7 @@ class NumberStore:
 
     def new(self, msisdn: str, ts: int) -> NumberState:
         """A number seen for the first time at `ts`."""
-        if msisdn in self.rows:
+        if msisdn in self:
             del self[msisdn]
         st = self._state(self._allocate(msisdn))
         _init_row(st._f, st._i, ts)
@@ -394,43 +405,51 @@ class NumberStore:
 
     def get(self, msisdn: str, default=None):
         r = self.rows.get(msisdn)
-        return default if r is None else self._state(r)
+        if r is not None:
+            return self._state(r)
+        blob = self.cold.pop(msisdn, None)
+        if blob is None:
+            return default
+        st = self._state(self._allocate(msisdn))  # back in use
+        st._load(_to_v2(blob))
+        return st
 
     def __getitem__(self, msisdn: str) -> NumberState:
-        r = self.rows[msisdn]
-        return self._state(r)
+        st = self.get(msisdn)
+        if st is None:
+            raise KeyError(msisdn)
+        return st
 
     def __setitem__(self, msisdn: str, st: NumberState) -> None:
         """Store a copy of `st` (a state of its own, e.g. from `NumberState.from_dict`)."""
-        self.put_packed(msisdn, st.row_bytes())
+        self.put_packed(msisdn, st.pack())
 
     def __delitem__(self, msisdn: str) -> None:
-        r = self.rows.pop(msisdn)
-        c, i = divmod(r, self.CHUNK)
-        self._chunks[c][i] = _BLANK  # a freed row holds nothing of the number it held
-        self._owner[r] = None
-        self._free.append(r)
+        if msisdn in self.rows:
+            self._release(msisdn)
+        else:
+            del self.cold[msisdn]
 
     def pop(self, msisdn: str, default=None):
-        r = self.rows.get(msisdn)
-        if r is None:
+        blob = self.packed(msisdn)
+        if blob is None:
             return default
-        st = NumberState.unpack(self.packed(msisdn))
         del self[msisdn]
-        return st
+        return NumberState.unpack(blob)
 
     def __contains__(self, msisdn: str) -> bool:
-        return msisdn in self.rows
+        return msisdn in self.rows or msisdn in self.cold
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.rows) + len(self.cold)
 
     def __iter__(self):
         yield from list(self.rows)
+        yield from list(self.cold)
 
     def items(self):
-        """(msisdn, state) for every number — for tests and tools, not hot paths."""
-        for m in list(self.rows):
+        """(msisdn, state) for every number (each taken into a row) — for tests and tools."""
+        for m in list(self):
             yield m, self.get(m)
 
     def values(self):
@@ -438,32 +457,55 @@ class NumberStore:
             yield st
 
     def put_packed(self, msisdn: str, blob: bytes) -> None:
-        """Store a state as restored from the changelog (checked, not trusted)."""
-        v2 = _to_v2(blob)
-        r = self.rows.get(msisdn)
-        st = self._state(self._allocate(msisdn) if r is None else r)
-        st._load(v2)
+        """Store a state as restored from the changelog (checked, not trusted), at rest."""
+        check_packed(blob)
+        if msisdn in self.rows:
+            self._release(msisdn)
+        self.cold[msisdn] = bytes(blob)
 
     def packed(self, msisdn: str) -> bytes | None:
         """The packed state (version 3), or None."""
         r = self.rows.get(msisdn)
-        return None if r is None else self._state(r).pack()
+        if r is not None:
+            return self._state(r).pack()
+        return self.cold.get(msisdn)
 
-    def idle(self, horizon: int) -> list[str]:
-        """Numbers last seen before `horizon` and not suspended: what the idle sweep forgets
-        (a free row is all zeros: last seen at 0, never suspended, so it is told apart by owner)."""
+    def _in_rows(self, last_ts_before: int, active_only: bool) -> list[str]:
+        """Numbers in rows last seen before a time (and, if `active_only`, not suspended)."""
         out = []
         owner = self._owner
         for c, rows in enumerate(self._chunks):
             base = c * self.CHUNK
-            for i in np.flatnonzero((rows["last_ts"] < horizon) & (rows["status"] == 0)).tolist():
+            hit = rows["last_ts"] < last_ts_before
+            if active_only:
+                hit &= rows["status"] == 0
+            for i in np.flatnonzero(hit).tolist():  # a free row (all zeros) has no owner
                 m = owner[base + i] if base + i < len(owner) else None
                 if m is not None:
                     out.append(m)
         return out
 
+    def idle(self, horizon: int) -> list[str]:
+        """Numbers last seen before `horizon` and not suspended: what the idle sweep forgets."""
+        out = self._in_rows(horizon, active_only=True)
+        peek = _PEEK_LAST_TS_STATUS.unpack_from
+        for m, blob in self.cold.items():
+            last_ts, status = peek(blob)
+            if last_ts < horizon and not status:
+                out.append(m)
+        return out
+
+    def rest(self, horizon: int) -> int:
+        """Pack the numbers in rows last seen before `horizon` and free their rows; how many."""
+        quiet = self._in_rows(horizon, active_only=False)
+        cold = self.cold
+        for m in quiet:
+            cold[m] = self._state(self.rows[m]).pack()
+            self._release(m)
+        return len(quiet)
+
     def scan(self):
-        """(msisdn, last_ts, status, tier) for every number."""
+        """(msisdn, last_ts, status, tier) for every number, without taking any into a row."""
         owner = self._owner
         for c, rows in enumerate(self._chunks):
             base = c * self.CHUNK
@@ -473,6 +515,9 @@ class NumberStore:
                 m = owner[base + i]
                 if m is not None:
                     yield m, last_ts, status, tier
+        for m, blob in list(self.cold.items()):
+            status, tier = packed_status_tier(blob)
+            yield m, packed_last_ts(blob), status, tier
 
 
 _BLANK = _new_rows(1)[0]

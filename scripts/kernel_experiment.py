@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""Experiment for issue #8: what would a compiled, columnar core cost per record?
+"""Experiment for issue #8: what would a compiled, columnar core cost per record, run per batch?
 
-    pip install numba        # not a dependency of the detector: this script alone needs it
     .venv/bin/python scripts/kernel_experiment.py [--records 1000000] [--subscribers 100000]
 
-Not part of the detector, and not its logic: a measured sketch of the "batch" redesign. The
+Not part of the detector, and not its logic: a measured sketch of the "batch" redesign. (The
+detector's own compiled kernel, `detector/kernel.py`, is called once per record; this sketch runs
+one call per batch of records, which is what the rest of the gap to the targets would need.) The
 generator's records are encoded the way a compiled core would need them (each number to a row of
 columnar numpy state, peers to crc32, provinces to small ids: the Python part that stays per
 record), then one numba kernel does for a whole batch what `features.update_mo` / `update_mt`

@@ -808,7 +808,8 @@ def test_suspended_lines_are_counted_as_decisions_happen_and_match_a_scan():
 
 
 class _NeverReusedStore(F.NumberStore):
-    """Reference: one chunk for everything, and a forgotten number's row is never used again."""
+    """Reference: one chunk for everything, no number is ever put to rest (packed), and a
+    forgotten number's row is never used again."""
 
     CHUNK = 1 << 16
 
@@ -816,15 +817,19 @@ class _NeverReusedStore(F.NumberStore):
         super().__delitem__(msisdn)
         self._free.pop()
 
+    def rest(self, horizon: int) -> int:
+        return 0
+
 
 class _TinyChunkStore(F.NumberStore):
     CHUNK = 3
 
 
 def test_where_a_state_is_held_never_changes_a_decision_or_a_state(monkeypatch):
-    """States are rows of chunked arrays, and the row of a number the sweep forgets is given to
-    the next new one: events and final states equal those of a store that never reuses a row,
-    however small the chunks (a reused row that kept anything of its last number, or a state
+    """States are rows of chunked arrays, numbers quiet for a while are packed and freed of their
+    row until their next record, and a freed row is given to the next number that needs one:
+    events and final states equal those of a store that never packs nor reuses a row, however
+    small the chunks (a reused row that kept anything of its last number, a lossy pack, or a state
     taken before a sweep that went stale, would show here)."""
     from detector import core as core_mod
     from detector.contract import parse_cdr, parse_profile
@@ -833,6 +838,7 @@ def test_where_a_state_is_held_never_changes_a_decision_or_a_state(monkeypatch):
     cfg = load_cfg()
     cfg["tiers"]["low"]["threshold"] = 0.2  # decisions, so tiers and restores are exercised too
     cfg["state"]["idle_expiry_days"] = 0.25  # numbers are forgotten, and their rows reused
+    cfg["state"]["rest_after_hours"] = 1  # numbers go to rest and come back often
     spec = GeneratorSpec(subscribers=300, hours=50, seed=4)
     profiles = [parse_profile(p) for p in generate_profiles(spec)]
     records = [parse_cdr(r) for r in generate_records(spec)]
@@ -845,6 +851,7 @@ def test_where_a_state_is_held_never_changes_a_decision_or_a_state(monkeypatch):
         events = [e["event_id"] for r in records for e in det.on_record(r)]
         states = {m: st.to_dict() for eng in det.engines.values() for m, st in eng.numbers.items()}
         rows_taken = sum(len(eng.numbers._owner) for eng in det.engines.values())
+        states = {m: st.to_dict() for eng in det.engines.values() for m, st in eng.numbers.items()}
         return events, states, rows_taken
 
     ref_events, ref_states, ref_rows = run(_NeverReusedStore)

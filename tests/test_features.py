@@ -398,29 +398,38 @@ def test_version_1_json_state_is_still_read(fc):
         k: v for k, v in st.to_dict().items() if k != "imei_hash"}
 
 
-def test_number_store_holds_each_state_as_a_row_and_reuses_forgotten_rows(fc):
+def test_number_store_holds_states_in_rows_or_at_rest_and_reuses_freed_rows(fc):
     class Store(F.NumberStore):
-        CHUNK = 2  # so that a third number needs a second chunk
+        CHUNK = 2  # so that a third number in use needs a second chunk
 
     store = Store()
     a, b = _suspended_busy_state(fc), _busy_state(fc, 20)
-    store["a"], store["b"] = a, b  # copied in
-    assert len(store) == 2 and "a" in store and "c" not in store
-    assert store["a"].to_dict() == a.to_dict() and store["b"].to_dict() == b.to_dict()
-    got = store.get("a")
+    store["a"], store["b"] = a, b  # copied in, at rest (packed), as a restore puts them
+    assert len(store) == 2 and "a" in store and "c" not in store and set(store.cold) == {"a", "b"}
+    got = store.get("a")  # taken into a row
+    assert "a" in store.rows and "a" not in store.cold and got.to_dict() == a.to_dict()
     got.n_mo += 1  # changed in place, through any view of the row
     assert store["a"].n_mo == a.n_mo + 1 and a.n_mo == a.to_dict()["n_mo"]
     assert NumberState.unpack(store.packed("a")).to_dict() == store["a"].to_dict()
-    c = store.new("c", T0)
-    assert c.to_dict() == NumberState(T0).to_dict() and len(store._chunks) == 2
+    assert store["b"].to_dict() == b.to_dict()
+    c = store.new("c", T0 + 10 * DAY)
+    assert c.to_dict() == NumberState(T0 + 10 * DAY).to_dict() and len(store._chunks) == 2
     assert sorted((m, s) for m, _, s, _ in store.scan()) == [("a", 1), ("b", 0), ("c", 0)]
-    assert sorted(store.idle(T0 + 1)) == ["c"] and store.idle(T0) == []  # suspended "a" is never idle
-    assert store.pop("b").to_dict() == b.to_dict() and len(store) == 2
-    d = store.new("d", T0 + 7)  # takes b's row, and nothing of b with it
-    assert d._rows is store["a"]._rows and d.to_dict() == NumberState(T0 + 7).to_dict()
+    assert sorted(store.idle(T0 + 10 * DAY + 1)) == ["b", "c"]  # suspended "a" is never idle
+    want = {m: store[m].to_dict() for m in "abc"}
+    assert store.rest(T0 + 10 * DAY) == 2 and set(store.cold) == {"a", "b"} and set(store.rows) == {"c"}
+    assert sorted(store.idle(T0 + 10 * DAY + 1)) == ["b", "c"]  # in rows or at rest alike
+    assert sorted((m, s) for m, _, s, _ in store.scan()) == [("a", 1), ("b", 0), ("c", 0)]
+    assert {m: store[m].to_dict() for m in "abc"} == want  # lossless, back in rows
+    assert store.pop("b").to_dict() == want["b"] and len(store) == 2
+    rows_taken = len(store._owner)
+    d = store.new("d", T0 + 7)  # takes a freed row, and nothing of its last number with it
+    assert d.to_dict() == NumberState(T0 + 7).to_dict() and len(store._owner) == rows_taken
     del store["a"]
-    assert len(store) == 2 and store.get("a") is None and store.packed("a") is None
-    assert sorted(m for m, *_ in store.scan()) == ["c", "d"]
+    store.rest(T0 + 11 * DAY)
+    del store["c"]  # at rest
+    assert len(store) == 1 and store.get("a") is None and store.packed("c") is None
+    assert [m for m, *_ in store.scan()] == ["d"]
 
 
 @pytest.mark.parametrize("version", [4, 0, None, "3"])
