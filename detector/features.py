@@ -496,13 +496,38 @@ class NumberStore:
         return out
 
     def rest(self, horizon: int) -> int:
-        """Pack the numbers in rows last seen before `horizon` and free their rows; how many."""
+        """Pack the numbers in rows last seen before `horizon`, free their rows and give whole
+        chunks no longer needed back to the system (`compact`); returns how many were packed.
+        The states taken before are stale afterwards: take them again."""
         quiet = self._in_rows(horizon, active_only=False)
         cold = self.cold
         for m in quiet:
             cold[m] = self._state(self.rows[m]).pack()
             self._release(m)
+        if len(self._free) >= self.CHUNK:
+            self.compact()
         return len(quiet)
+
+    def compact(self) -> None:
+        """Move the rows in use above the first len(rows) into free ones below, and drop the
+        chunks that are then empty: the arrays hold the numbers in use, not their peak."""
+        owner = self._owner
+        used = len(self.rows)
+        holes = (r for r in sorted(self._free) if r < used)
+        for src in range(used, len(owner)):
+            m = owner[src]
+            if m is None:
+                continue
+            dst = next(holes)  # as many holes below `used` as numbers in use above it
+            (cs, i), (cd, j) = divmod(src, self.CHUNK), divmod(dst, self.CHUNK)
+            self._chunks[cd][j] = self._chunks[cs][i]
+            self._chunks[cs][i] = _BLANK
+            owner[dst] = m
+            self.rows[m] = dst
+        del owner[used:]
+        keep = -(-used // self.CHUNK)
+        del self._chunks[keep:], self._views[keep:]
+        self._free = []
 
     def scan(self):
         """(msisdn, last_ts, status, tier) for every number, without taking any into a row."""

@@ -1291,14 +1291,16 @@ def memory_worker(args) -> None:
     rows_bytes = 0
     for eng in det.engines.values():
         store = eng.numbers
-        if hasattr(store, "cold"):  # a tree before 2026-12-03: states at rest packed in a dict
+        if hasattr(store, "settle"):  # a tree before 2026-12-03: states at rest packed in a dict
             store.settle()
             dict_bytes += sys.getsizeof(store.cold) + sys.getsizeof(store.hot)
             held = store.cold.items()
-        else:  # every state a row of the store's chunked arrays; index, owners and free rows
-            dict_bytes += sys.getsizeof(store.rows) + sys.getsizeof(store._owner) + sys.getsizeof(store._free)
+        else:  # numbers in use are rows of the store's chunked arrays, the others packed in a dict
+            cold = getattr(store, "cold", {})
+            dict_bytes += (sys.getsizeof(store.rows) + sys.getsizeof(cold) + sys.getsizeof(store._owner)
+                           + sys.getsizeof(store._free))
             rows_bytes += sum(c.nbytes for c in store._chunks)
-            held = ((m, None) for m in store.rows)
+            held = itertools.chain(((m, None) for m in store.rows), cold.items())
         for j, (msisdn, blob) in enumerate(held):
             key_bytes += sys.getsizeof(msisdn)
             seen_str.add(id(msisdn))
@@ -1307,7 +1309,7 @@ def memory_worker(args) -> None:
     state_sizes = [sys.getsizeof(b) for b in blobs]
     by_field: dict[str, float] = {"(packed bytes object)": statistics.fmean(state_sizes)}
     if rows_bytes:
-        by_field["(row of the store's arrays, free rows included)"] = rows_bytes / tracked
+        by_field["(rows of the store's arrays, per number, free rows included)"] = rows_bytes / tracked
     else:
         unpacked = [NumberState.unpack(b) for b in blobs[:2000]]
         by_field["(unpacked, while in use: object + fields)"] = statistics.fmean(

@@ -418,6 +418,8 @@ def test_number_store_holds_states_in_rows_or_at_rest_and_reuses_freed_rows(fc):
     assert sorted(store.idle(T0 + 10 * DAY + 1)) == ["b", "c"]  # suspended "a" is never idle
     want = {m: store[m].to_dict() for m in "abc"}
     assert store.rest(T0 + 10 * DAY) == 2 and set(store.cold) == {"a", "b"} and set(store.rows) == {"c"}
+    assert store.rows == {"c": 0} and len(store._chunks) == 1  # compacted: the second chunk is gone
+    assert store["c"].to_dict() == want["c"]
     assert sorted(store.idle(T0 + 10 * DAY + 1)) == ["b", "c"]  # in rows or at rest alike
     assert sorted((m, s) for m, _, s, _ in store.scan()) == [("a", 1), ("b", 0), ("c", 0)]
     assert {m: store[m].to_dict() for m in "abc"} == want  # lossless, back in rows
