@@ -56,7 +56,7 @@ class Engine:
         self.cleared_margin = float(rc["cleared_margin"])
         self.cleared_memory_ms = int(float(rc.get("cleared_memory_days", 30)) * F.DAY_MS)
         self.idle_expiry_ms = int(float(cfg["state"]["idle_expiry_days"]) * F.DAY_MS)
-        self.rest_after_ms = int(float(cfg["state"].get("rest_after_hours", 6)) * F.HOUR_MS)
+        self.rest_after_ms = int(float(cfg["state"].get("rest_after_hours", 24)) * F.HOUR_MS)
 
         self.numbers = NumberStore()
         self.profiles: dict[str, Profile] = {}
