@@ -127,7 +127,7 @@ class Engine:
             score = K.score_active(rows, i, rec.ts, self.cleared_memory_ms, buf, model.kernel_model())
         if answer == K.SUSPENDED:
             return self._review_suspended(st, rec, profile, handset_lines, cell_lines,
-                                          (buf[0].copy(), buf[1].copy(), F.tenure_days(profile, rec.ts)))
+                                          (buf[0], buf[1], F.tenure_days(profile, rec.ts)))
         self.last_score = score
         bar = self.tiers[0].threshold
         if score < bar:
@@ -173,8 +173,7 @@ class Engine:
                           cell_lines: int, features: tuple | None = None) -> list[dict]:
         """`features` is `raw_vector`'s answer for this record when the caller has it already."""
         if features is None:
-            features = self.model.raw_vector(st, profile, rec.ts, handset_lines, cell_lines,
-                                             st.decayed[F.D_PREMIUM_DAY], rec.ts - self.start_ts)
+            features = self.model.raw_vector(st, profile, rec.ts, handset_lines, cell_lines, rec.ts - self.start_ts)
         raw, support, tenure = features
         score, ev = self._score(st, raw, support)
         self.last_score = score
@@ -242,7 +241,7 @@ class Engine:
         """The score of a line from its raw values and their support, and the evidence (a line with
         confirmed fraud behind it is watched more closely: `kernel.score_row`)."""
         buf = self._buf
-        buf[0], buf[1] = raw, support
+        buf[0], buf[1] = raw, support  # (where the per-record step left them already, a no-op)
         score = K.score_row(st._rows, st._i, buf, self.model.kernel_model())
         return score, buf[2].copy()
 
@@ -255,7 +254,7 @@ class Engine:
 
     def _current_evidence(self, st: NumberState, msisdn: str, ts: int) -> dict:
         raw, support, tenure = self.model.raw_vector(st, self.profiles.get(msisdn), ts, st.handset_lines,
-                                                     st.cell_lines, st.decayed[F.D_PREMIUM_DAY], ts - self.start_ts)
+                                                     st.cell_lines, ts - self.start_ts)
         return self.model.as_dicts(raw, self.model.evidence_vector(raw, support), tenure)[1]
 
     def _reasons(self, ev: list[float], raw: list[float], tenure: float | None) -> list[dict]:

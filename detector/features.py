@@ -48,10 +48,6 @@ from .kernel import (  # noqa: F401  (the layout's names, re-exported for the en
     S_UNANSWERED,
 )
 
-_seen_before = K.seen_before
-_update_mt = K.update_mt
-_update_mo = K.update_mo
-
 _province_ids: dict[str, int] = {}
 
 
@@ -70,9 +66,9 @@ def hash64(text: str) -> int:
     return ((zlib.crc32(b) << 32) | zlib.adler32(b)) or 1
 
 
-# The packed form of a NumberState: what is written to the changelog (a row in memory is the
-# version-2 form, 551 bytes). Binary, because JSON is ~0.9 KB. Version 3 stores each ring (contacts, provinces, record ids, contact flags) without its
-# unused zero tail: a number seen a few times — most of those a carrier tracks on a given day — is
+# The packed form of a NumberState: what is written to the changelog and held for a number at
+# rest (a row in use is the version-2 form, 551 bytes). Binary, because JSON is ~0.9 KB. Version 3
+# stores each ring (contacts, provinces, record ids, contact flags) without its unused zero tail: a number seen a few times — most of those a carrier tracks on a given day — is
 # packed in ~0.27 KB, a number with full rings in 555 bytes. Version 2 (fixed 551 bytes) is still read.
 PACK_VERSION = 3
 _SCALARS = ("first_ts", "last_ts", "decayed_ts", "last_pop_ts", "suspended_ts", "below_since", "applied_offset",
@@ -282,7 +278,7 @@ NumberState.fraud_confirmed = property(lambda self: bool(self._f["fraud_confirme
 
 def seen_before(state: NumberState, record_id: str) -> bool:
     """True if this record id is among the number's recent ones; else remember it."""
-    return _seen_before(state._rows, state._i, hash64(record_id))
+    return K.seen_before(state._rows, state._i, hash64(record_id))
 
 
 class FeatureConfig:
@@ -319,12 +315,12 @@ def mo_inputs(rec: CDR, home_province: str, fc: FeatureConfig) -> tuple:
 
 def update_mt(state: NumberState, rec: CDR) -> None:
     """Fold one incoming record into the number's state."""
-    _update_mt(state._rows, state._i, *mt_inputs(rec))
+    K.update_mt(state._rows, state._i, *mt_inputs(rec))
 
 
 def update_mo(state: NumberState, rec: CDR, home_province: str, fc: FeatureConfig) -> None:
     """Fold one outgoing record into the number's state."""
-    _update_mo(state._rows, state._i, *mo_inputs(rec, home_province, fc))
+    K.update_mo(state._rows, state._i, *mo_inputs(rec, home_province, fc))
 
 
 def callback_share(state: NumberState) -> tuple[float, int]:

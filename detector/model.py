@@ -173,29 +173,24 @@ class RiskModel:
 
     # -- raw features --------------------------------------------------------------------------
     def raw_vector(self, st: NumberState, profile: Profile | None, ts: int,
-                   handset_lines: int, cell_lines: int, premium_calls: float,
-                   watched_ms: int) -> tuple[np.ndarray, np.ndarray, float | None]:
+                   handset_lines: int, cell_lines: int, watched_ms: int) -> tuple[np.ndarray, np.ndarray, float | None]:
         """Raw feature values (FEATURES order), how many observations back each share (for
         shrinkage; 0 for counts and flags), and the line's tenure in days (None: no profile).
 
         `watched_ms` is how long the detector has been watching the stream: until it has seen a
         day of traffic it cannot know a line's contacts, so "never-seen peer", "never calls back"
         and "no inbound" count for less (the cold start of every new deployment). Computed by
-        `kernel.raw_vector`; the arrays are fresh for each call.
+        `kernel.raw_into`, as the engine's per-record step computes them; the arrays are fresh.
         """
-        known = K.known_share(watched_ms, float(self.warmup_ms))
-        raw = np.empty(N_FEATURES)
-        support = np.empty(N_FEATURES)
-        tenure = K.raw_vector(st._rows, st._i, raw, support, ts, *profile_inputs(profile), handset_lines, cell_lines,
-                              premium_calls, known, self.share_calls, self.new_line_days, self.long_tenure_days)
-        return raw, support, (None if profile is None else tenure)
+        buf = np.empty((2, N_FEATURES))
+        tenure = K.raw_into(st._rows, st._i, buf, ts, *profile_inputs(profile), handset_lines, cell_lines,
+                            watched_ms, self.kernel_model())
+        return buf[0], buf[1], (None if profile is None else tenure)
 
     def raw_features(self, st: NumberState, profile: Profile | None, ts: int,
-                     handset_lines: int, cell_lines: int, premium_calls: float,
-                     watched_ms: int) -> tuple[dict, dict]:
+                     handset_lines: int, cell_lines: int, watched_ms: int) -> tuple[dict, dict]:
         """`raw_vector` by name: raw values (plus `tenure_days`), and the support of each share."""
-        raw, support, tenure = self.raw_vector(st, profile, ts, handset_lines, cell_lines, premium_calls,
-                                               watched_ms)
+        raw, support, tenure = self.raw_vector(st, profile, ts, handset_lines, cell_lines, watched_ms)
         return _named_raw(raw, tenure), {FEATURE_NAMES[i]: float(support[i]) for i in _SHARES}
 
     # -- evidence and score --------------------------------------------------------------------

@@ -492,7 +492,7 @@ def test_share_window_from_config_sets_the_support_of_shares():
         st = F.NumberState(T0)
         for r in Stream().blast("13100000001", T0, calls):
             F.update_mo(st, r, "GD", eng.fc)
-        _, support = eng.model.raw_features(st, None, st.last_ts, 0, 0, 0.0, 2 * DAY)
+        _, support = eng.model.raw_features(st, None, st.last_ts, 0, 0, 2 * DAY)
         assert support["unanswered_share"] == min(calls, window), window
 
 
