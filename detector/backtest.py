@@ -22,28 +22,40 @@ from .pipeline import Pipeline
 log = logging.getLogger("cdr_detector")
 
 
+def _record_id(rec: CDR) -> str:
+    return rec.record_id
+
+
 def ordered_records(pipeline: Pipeline, lines: Iterable[tuple[int, bytes]],
                     on_invalid: Callable[[int, bytes, InvalidRecord], None] | None = None) -> Iterator[CDR]:
     """Parse lines and yield records; equal timestamps come out sorted by record_id."""
-    group: list[CDR] = []
-    group_ts = None
+    parse = pipeline.parse
+    held = None  # the last record, not yielded yet: the next may share its timestamp
+    ties: list[CDR] | None = None  # `held` and the records after it with the same timestamp
     for n, line in lines:
-        rec = pipeline.parse(line)
-        if isinstance(rec, InvalidRecord):
+        rec = parse(line)
+        if type(rec) is not CDR:
             if on_invalid:
                 on_invalid(n, line, rec)
             continue
-        if rec.ts != group_ts:
-            if group:
-                if len(group) > 1:
-                    group.sort(key=lambda r: r.record_id)
-                yield from group
-            group = []
-            group_ts = rec.ts
-        group.append(rec)
-    if len(group) > 1:
-        group.sort(key=lambda r: r.record_id)
-    yield from group
+        if held is not None:
+            if rec.ts == held.ts:
+                if ties is None:
+                    ties = [held]
+                ties.append(rec)
+                continue
+            if ties is not None:
+                ties.sort(key=_record_id)
+                yield from ties
+                ties = None
+            else:
+                yield held
+        held = rec
+    if ties is not None:
+        ties.sort(key=_record_id)
+        yield from ties
+    elif held is not None:
+        yield held
 
 
 def load_outcomes(path: str) -> list[tuple[int, bytes]]:
@@ -95,28 +107,37 @@ def run(pipeline: Pipeline, records: Iterable[CDR], outcomes: list[tuple[int, by
     t0 = time.monotonic()
     pending = list(outcomes or [])
     heapq.heapify(pending)
+    events_out = res.events
+    process = pipeline.process
+    n = 0
+    last_ts = 0
     for rec in records:
-        while pending and pending[0][0] <= rec.ts:
+        ts = rec.ts
+        while pending and pending[0][0] <= ts:
             for e in pipeline.outcome(heapq.heappop(pending)[1]):
-                res.events.append(e)
+                events_out.append(e)
                 if sink:
                     sink(e)
-        events = pipeline.process(rec)
-        res.records += 1
+        events = process(rec)
+        n += 1
         if not res.first_ts:
-            res.first_ts = rec.ts
-        res.last_ts = max(res.last_ts, rec.ts)
-        for e in events:
-            res.events.append(e)
-            if sink:
-                sink(e)
-        if res.records % 4096 == 0:
+            res.first_ts = ts
+        if ts > last_ts:
+            last_ts = ts
+        if events:
+            for e in events:
+                events_out.append(e)
+                if sink:
+                    sink(e)
+        if not n & 4095:
             pipeline.publish_metrics()  # (the demo serves them while it runs)
             if progress:
-                progress.tick(res.records, len(res.events))
+                progress.tick(n, len(events_out))
+    res.records = n
+    res.last_ts = last_ts
     while pending:
         for e in pipeline.outcome(heapq.heappop(pending)[1]):
-            res.events.append(e)
+            events_out.append(e)
             if sink:
                 sink(e)
     pipeline.publish_metrics()

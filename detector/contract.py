@@ -15,6 +15,7 @@ import orjson
 # Interned, they all hold one object: ~60 B less per tracked number. (CPython drops an interned
 # string from its table when the last reference goes, so numbers forgotten are not kept.)
 _intern = sys.intern
+_loads = orjson.loads
 
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_STRING = 64
@@ -147,8 +148,29 @@ def _digits_ok(v, lo: int, hi: int) -> bool:
     return type(v) is str and lo <= len(v) <= hi and v.isascii() and v.isdigit()
 
 
+_REGIONS_OK: set[str] = set()  # region codes that passed `_region_ok`: a few hundred, checked once each
+
+
+def _region_known_ok(v) -> bool:
+    """`_region_ok`, remembered: most records' two region codes are then one set lookup each."""
+    if v in _REGIONS_OK:
+        return True
+    if not _region_ok(v):
+        return False
+    if len(_REGIONS_OK) >= 65_536:  # a feed of junk codes must not grow it without end
+        _REGIONS_OK.clear()
+    _REGIONS_OK.add(v)
+    return True
+
+
 def parse_cdr(raw: bytes | str | dict) -> CDR:
-    obj = decode(raw)
+    if type(raw) is bytes and len(raw) <= MAX_MESSAGE_BYTES:
+        try:
+            obj = _loads(raw)
+        except orjson.JSONDecodeError:
+            obj = decode(raw)  # raises with the reason
+    else:
+        obj = decode(raw)
     # The common case, checked in one expression; anything it does not accept goes through the
     # field-by-field checks below, which accept the same records and name what is wrong.
     try:
@@ -156,19 +178,22 @@ def parse_cdr(raw: bytes | str | dict) -> CDR:
         cell_id, imei, msisdn, peer = obj["cell_id"], obj["imei"], obj["msisdn"], obj["peer"]
         direction, service = obj["direction"], obj["service"]
         cell_region, peer_region = obj["cell_region"], obj["peer_region"]
-    except KeyError:
+    except (KeyError, TypeError):  # (TypeError: JSON that is not an object)
         pass
     else:
         if (type(rid) is str and 0 < len(rid) <= MAX_STRING and type(ts) is int and TS_MIN <= ts <= TS_MAX
                 and type(duration) is int and 0 <= duration <= MAX_DURATION_S and type(answered) is bool
                 and type(cell_id) is str and len(cell_id) <= MAX_STRING
                 and type(imei) is str and len(imei) <= MAX_STRING
-                and _digits_ok(msisdn, 5, 15) and _digits_ok(peer, 3, 20)
+                and type(msisdn) is str and 5 <= len(msisdn) <= 15 and msisdn.isascii() and msisdn.isdigit()
+                and type(peer) is str and 3 <= len(peer) <= 20 and peer.isascii() and peer.isdigit()
                 and (direction == "MO" or direction == "MT") and type(direction) is str
                 and (service == "voice" or service == "sms") and type(service) is str
-                and _region_ok(cell_region) and _region_ok(peer_region)):
+                and type(obj) is dict and _region_known_ok(cell_region) and _region_known_ok(peer_region)):
             return _new_cdr(CDR, (rid, ts, _intern(msisdn), direction, peer, service, duration, answered, cell_id,
                                   cell_region, peer_region, imei))
+    if type(obj) is not dict:
+        raise InvalidRecord("not_object", None, f"expected a JSON object, got {type(obj).__name__}")
     return _parse_cdr_checked(obj)
 
 

@@ -74,12 +74,15 @@ class Engine:
     def on_profile(self, profile: Profile) -> None:
         self.profiles[profile.msisdn] = profile
 
-    def on_record(self, rec: CDR, facts: "SharedFacts" = None, st: NumberState | None = None) -> list[dict]:
+    def on_record(self, rec: CDR, facts: "SharedFacts" = None, st: NumberState | None = None,
+                  id_hash: int = 0, offset: int = -1) -> list[dict]:
         """Fold one CDR into the state; return the suspension events it causes (usually none).
 
         `facts` are what other numbers' records say about this one (lines sharing its handset or
         its cell), computed by `Enricher` — in-process here, or behind a repartition topic. `st` is
-        the number's state when the caller has already taken it from `numbers`.
+        the number's state when the caller has already taken it from `numbers`. `id_hash` and
+        `offset` are what the state remembers of the record once folded in, for `Detector`'s
+        dedupe (0 and -1: nothing).
         """
         self.last_score = None
         if rec.ts > self.clock:
@@ -101,7 +104,7 @@ class Engine:
         rows, i = st._rows, st._i
 
         if rec.direction == "MT":
-            if K.mt_step(rows, i, *F.mt_inputs(rec), handset_lines, cell_lines):
+            if K.mt_step(rows, i, *F.mt_inputs(rec), handset_lines, cell_lines, id_hash, offset):
                 # a suspended line keeps being scored, so it can be restored
                 return self._review_suspended(st, rec, self.profiles.get(rec.msisdn), handset_lines, cell_lines)
             return []  # (the profile is not looked up: in a large table that is a cache miss)
@@ -115,7 +118,7 @@ class Engine:
             rows, i, *F.mo_inputs(rec, home, self.fc), handset_lines, cell_lines, *profile_inputs(profile),
             rec.ts - self.start_ts,
             self.min_calls, model.population_min_calls, model.population_interval_ms, self.cleared_memory_ms,
-            buf, kmodel)
+            buf, kmodel, id_hash, offset)
         if answer == K.NOTHING:
             return []  # nothing reads this line's features yet: they were not computed
         if answer == K.POPULATION:
@@ -468,13 +471,11 @@ class Detector:
         self.last_result = "ok"
         if facts is None:
             facts = self.enricher.facts(rec, partition)
-        events = eng.on_record(rec, facts, st)
-        st = eng.current  # not `st`: the engine's sweep may have replaced it
+        events = eng.on_record(rec, facts, st, id_hash, offset)
         if events:
             events = self.breaker.filter(events)
             if any(e.get("_breaker") and e["action"] == "suspend" for e in events):
-                st.status = SHADOWED_BY_BREAKER
-        K.admitted(st._rows, st._i, id_hash, offset)
+                eng.current.status = SHADOWED_BY_BREAKER  # (not `st`: the engine's sweep may have replaced it)
         self.last_score = eng.last_score
         return events
 

@@ -295,6 +295,20 @@ class FeatureConfig:
         self.shared_window_ms = int(float(cfg.get("shared_window_hours", 72)) * HOUR_MS)
         self.cell_window_ms = int(float(cfg.get("cell_window_hours", 24)) * HOUR_MS)
         self.bypass_min_calls = int(cfg.get("bypass_min_calls", 3))
+        self.destinations: dict[str, tuple[str, int, bool, bool]] = {}  # see `destination`
+
+    def destination(self, region: str) -> tuple[str, int, bool, bool]:
+        """A called region as the kernel takes it: (province, province id, international, premium).
+        Kept per region code (a few hundred; bounded against a feed of junk codes)."""
+        d = self.destinations.get(region)
+        if d is None:
+            prov = province(region)
+            intl = prov.startswith("INTL-")
+            d = (prov, province_id(prov), intl, intl and prov[5:] in self.premium_destinations)
+            if len(self.destinations) >= 65_536:
+                self.destinations.clear()
+            self.destinations[region] = d
+        return d
 
 
 def mt_inputs(rec: CDR) -> tuple:
@@ -305,12 +319,13 @@ def mt_inputs(rec: CDR) -> tuple:
 def mo_inputs(rec: CDR, home_province: str, fc: FeatureConfig) -> tuple:
     """An outgoing record as `kernel.update_mo` takes it: its strings turned into numbers and
     flags (peer and handset hashed, the destination's province, international, premium, night)."""
-    prov = province(rec.peer_region)
-    intl = prov.startswith("INTL-")
-    hour = ((rec.ts / HOUR_MS) + fc.utc_offset_h) % 24
-    return (rec.ts, zlib.crc32(rec.peer.encode()), hash64(rec.imei) if rec.imei else 0, province_id(prov),
-            prov != home_province, intl, intl and prov[5:] in fc.premium_destinations, rec.service == "voice",
-            rec.answered, rec.duration_s, fc.night_lo <= hour < fc.night_hi, fc.alpha, fc.short_call_s)
+    prov, pid, intl, premium = fc.destination(rec.peer_region)
+    ts = rec.ts
+    hour = ((ts / HOUR_MS) + fc.utc_offset_h) % 24
+    imei = rec.imei
+    return (ts, zlib.crc32(rec.peer.encode()), hash64(imei) if imei else 0, pid, prov != home_province, intl,
+            premium, rec.service == "voice", rec.answered, rec.duration_s, fc.night_lo <= hour < fc.night_hi,
+            fc.alpha, fc.short_call_s)
 
 
 def update_mt(state: NumberState, rec: CDR) -> None:

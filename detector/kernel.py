@@ -389,22 +389,24 @@ def admit(rows, i, offset, ts, lateness_ms, id_hash):
 
 @nb.njit(T.void(_ROWS, _I, _U, _I), **_JIT)
 def admitted(rows, i, id_hash, offset):
-    """After a record was folded in: a new number remembers its first record id, and the state
-    the input offset it now reflects."""
+    """After a record was folded in: a new number remembers its first record id (id_hash 0: no
+    id to remember), and the state the input offset it now reflects (offset < 0: none)."""
     r = rows[i]
-    if r.n_mo + r.n_mt == 1:
+    if r.n_mo + r.n_mt == 1 and id_hash:
         seen_before(rows, i, id_hash)
     if offset >= 0:
         r.applied_offset = offset
 
 
-@nb.njit(_I(_ROWS, _I, _I, _U, _U, _I, _I), **_JIT)
-def mt_step(rows, i, ts, peer_h, imei_h, handset_lines, cell_lines):
-    """An incoming record: the cross-number facts seen with it, the update; returns the status."""
+@nb.njit(_I(_ROWS, _I, _I, _U, _U, _I, _I, _U, _I), **_JIT)
+def mt_step(rows, i, ts, peer_h, imei_h, handset_lines, cell_lines, id_hash, offset):
+    """An incoming record: the cross-number facts seen with it, the update, `admitted`; returns
+    the status."""
     r = rows[i]
     r.handset_lines = handset_lines
     r.cell_lines = cell_lines
     update_mt(rows, i, ts, peer_h, imei_h)
+    admitted(rows, i, id_hash, offset)
     return r.status
 
 
@@ -447,22 +449,25 @@ def raw_into(rows, i, buf, ts, has_profile, activated_ts, prepaid, id_verified, 
 
 
 @nb.njit(T.Tuple((_I, _F))(_ROWS, _I, _I, _U, _U, T.uint32, _B, _B, _B, _B, _B, _I, _B, _F, _I, _I, _I,
-                           _B, _I, _B, _B, _B, _I, _I, _I, _I, _I, _BUF, _MODEL), **_JIT)
+                           _B, _I, _B, _B, _B, _I, _I, _I, _I, _I, _BUF, _MODEL, _U, _I), **_JIT)
 def mo_step(rows, i, ts, peer_h, imei_h, province_id, out_of_province, intl, premium, voice, answered, duration_s,
             night, alpha, short_call_s, handset_lines, cell_lines,
             has_profile, activated_ts, prepaid, id_verified, business_plan,
-            watched_ms, min_calls, population_min_calls, population_interval_ms, cleared_memory_ms, buf, model):
+            watched_ms, min_calls, population_min_calls, population_interval_ms, cleared_memory_ms, buf, model,
+            id_hash, offset):
     """An outgoing record: the update, then as far towards a score as the rules need.
 
     NOTHING: nothing reads the line's features yet. Else its raw values and support are in
     buf[0], buf[1], and POPULATION: they are due to feed the population baseline (which may move
     the typical values the evidence needs: the caller feeds it, then scores with `score_active`);
-    SUSPENDED: the caller reviews the suspended line; SCORED: the score, evidence in buf[2]."""
+    SUSPENDED: the caller reviews the suspended line; SCORED: the score, evidence in buf[2]. The
+    record is `admitted` in every case."""
     r = rows[i]
     r.handset_lines = handset_lines
     r.cell_lines = cell_lines
     update_mo(rows, i, ts, peer_h, imei_h, province_id, out_of_province, intl, premium, voice, answered,
               duration_s, night, alpha, short_call_s)
+    admitted(rows, i, id_hash, offset)
     status = r.status
     feeds = status == 0 and r.n_mo >= population_min_calls and ts - r.last_pop_ts >= population_interval_ms
     if not (feeds or status or r.n_mo >= min_calls):

@@ -147,23 +147,41 @@ class Enricher:
             if not self._sweep_wait:
                 self._sweep_wait = SWEEP_EVERY_RECORDS
                 self._sweep_some(SWEEP_EVERY_RECORDS * SWEEP_LINES_PER_RECORD)
+        msisdn = rec.msisdn
         handset = 0
-        if real_imei(rec.imei):
-            on_handset = self._observe_handset(rec.imei, rec.msisdn, q, partition)
+        imei = rec.imei
+        if imei[:1] in _NONZERO_DIGITS or real_imei(imei):
+            on_handset = self._observe_handset(imei, msisdn, q, partition)
             if type(on_handset) is not tuple:  # several lines on this handset
-                handset = self._handset_lines(on_handset, rec.msisdn, q)
+                handset = self._handset_lines(on_handset, msisdn, q)
         lines, me = self._observe_cell(rec, q, partition)
-        return SharedFacts(handset, self._cell_lines(rec.cell_id, lines, me, q) if len(lines) > 1 else 0)
+        if len(lines) > 1 and (me >> 64).bit_count() >= self.min_buckets:  # (see `_bypass_like`)
+            return SharedFacts(handset, self._cell_lines(rec.cell_id, lines, me, q))
+        return SharedFacts(handset, 0) if handset else NO_FACTS
 
     # Only a pair whose buckets actually change is published again: a busy line's further records
-    # in the same bucket and cell add nothing.
+    # in the same bucket and cell add nothing. (Both run for every record: their usual cases are
+    # written out rather than through the pack/unpack helpers.)
     def _observe_handset(self, imei: str, msisdn: str, q: int, partition: int) -> tuple[str, int] | dict[str, int]:
         """Mark the line on its handset in bucket q; returns the handset's lines afterwards."""
         v = self.handsets.get(imei)
-        before = _hs_of(v, msisdn)
-        after = _hs_set_bit(before, q)
-        if after == before:
+        if v is None:
+            after = q | (1 << 32)  # _hs_pack(q, 1)
+        elif type(v) is tuple and v[0] == msisdn:  # the line alone on its handset: the usual case
+            p = v[1]
+            base = p & _M32
+            after = p | (1 << (32 + q - base)) if q >= base else _hs_set_bit(p, q)
+            if after == p:
+                return v
+            if self.track_changes:
+                self.changed[("h", imei, msisdn)] = partition
+            v = self.handsets[imei] = (msisdn, after)
             return v
+        else:
+            before = _hs_of(v, msisdn)
+            after = _hs_set_bit(before, q)
+            if after == before:
+                return v
         if self.track_changes:
             self.changed[("h", imei, msisdn)] = partition
         return self._hs_put(imei, msisdn, after)
@@ -171,28 +189,48 @@ class Enricher:
     def _observe_cell(self, rec: CDR, q: int, partition: int) -> tuple[dict[str, int], int]:
         """Mark the line on its cell in bucket q (outgoing or incoming); returns the cell's lines
         and the line's own pair afterwards."""
-        lines = self.cells.get(rec.cell_id)
+        cell = rec.cell_id
+        lines = self.cells.get(cell)
         if lines is None:
-            lines = self.cells[rec.cell_id] = {}
-        p = lines.get(rec.msisdn)
-        base, mo, mt = (q, 0, 0) if p is None else _cell_unpack(p)
+            lines = self.cells[cell] = {}
+        msisdn = rec.msisdn
+        p = lines.get(msisdn)
         mo_record = rec.direction == "MO"
-        if base <= q and ((mo if mo_record else mt) >> (q - base)) & 1:
-            return lines, p  # already seen in this bucket: nothing changes
-        if q < base:  # a late record: rebase
-            mo <<= base - q
-            mt <<= base - q
-            base = q
-        if mo_record:
-            mo |= 1 << (q - base)
+        if p is None:
+            p = lines[msisdn] = q | (1 << 32) | (1 << 64) if mo_record else q | (1 << 64)  # _cell_pack(q, 1, 0) or (q, 0, 1)
         else:
-            mt |= 1 << (q - base)
-        p = lines[rec.msisdn] = _cell_pack(base, mo, mt)
-        cached = self._bypass_count.get(rec.cell_id)
+            base = p & _M32
+            w = (p >> 32) & _M32
+            if base <= q:
+                bit = q - base
+                if mo_record:
+                    if bit < w:  # within the MO mask as it is
+                        after = p | (1 << (64 + bit))
+                        if after == p:
+                            return lines, p  # already seen in this bucket: nothing changes
+                        p = lines[msisdn] = after
+                    else:  # the MO mask widens: the MT mask above it moves
+                        rest = p >> 64
+                        p = lines[msisdn] = _cell_pack(base, (rest & ((1 << w) - 1)) | (1 << bit), rest >> w)
+                else:
+                    after = p | (1 << (64 + w + bit))
+                    if after == p:
+                        return lines, p
+                    p = lines[msisdn] = after
+            else:  # a late record: rebase
+                base, mo, mt = _cell_unpack(p)
+                mo <<= base - q
+                mt <<= base - q
+                if mo_record:
+                    mo |= 1
+                else:
+                    mt |= 1
+                p = lines[msisdn] = _cell_pack(q, mo, mt)
+        cached = self._bypass_count.get(cell)
         if cached is not None and q < cached[0]:  # a late record: inside some cached window
-            del self._bypass_count[rec.cell_id]
+            del self._bypass_count[cell]
         if self.track_changes:
-            self.changed[("c", rec.cell_id, rec.msisdn)] = partition
+            self.changed[("c", cell, msisdn)] = partition
         return lines, p
 
     # handsets: one line as a tuple, several as a dict

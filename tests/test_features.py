@@ -493,6 +493,51 @@ def test_merging_another_writers_pairs_equals_seeing_the_records():
     assert a.handsets == whole.handsets and a.cells == whole.cells
 
 
+def test_each_pair_holds_exactly_the_buckets_its_line_was_seen_in():
+    """The per-record observation is written out for speed (no pack/unpack helpers on the usual
+    paths): whatever the order — late records, repeats in a bucket, a line's first record on a
+    thing, the MO mask widening under the MT one — every pair must be the packed form of the
+    buckets its line was seen in, by direction, based at the earliest; and merging the published
+    pairs into an empty index must give the same index."""
+    from detector.shared import _M32, _cell_unpack
+
+    rng = random.Random(5)
+    s = Stream()
+    lines = [f"1390000{i:04d}" for i in range(12)]
+    handsets = [f"86{i:013d}" for i in range(5)]
+    cells = [f"c{i}" for i in range(4)]
+    enr = Enricher(load_cfg(), track_changes=True)
+    seen_h: dict[tuple[str, str], set[int]] = {}
+    seen_c: dict[tuple[str, str], tuple[set[int], set[int]]] = {}
+    ts = T0 + 10 * HOUR
+    for _ in range(3000):  # ~21 h: no sweep drops a bucket yet (cells keep a day and more)
+        ts += rng.randrange(0, 50_000)
+        at = ts - rng.choice([0, 0, 0, 0, rng.randrange(0, 50 * MINUTE)])  # some records late
+        m, imei, cell = rng.choice(lines), rng.choice(handsets), rng.choice(cells)
+        d = rng.choice(["MO", "MO", "MT"])
+        enr.facts(s.rec(msisdn=m, ts=at, imei=imei, cell_id=cell, direction=d))
+        q = at // BUCKET
+        seen_h.setdefault((imei, m), set()).add(q)
+        seen_c.setdefault((cell, m), (set(), set()))[d == "MT"].add(q)
+
+    def mask(buckets: set[int], base: int) -> int:
+        return sum(1 << (b - base) for b in buckets)
+
+    assert {(imei, m) for imei in enr.handsets for m in enr._hs_lines(imei)} == set(seen_h)
+    for (imei, m), qs in seen_h.items():
+        p = enr._hs_get(imei, m)
+        base = min(qs)
+        assert (p & _M32, p >> 32) == (base, mask(qs, base))
+    assert {(c, m) for c, ls in enr.cells.items() for m in ls} == set(seen_c)
+    for (cell, m), (mo, mt) in seen_c.items():
+        base = min(mo | mt)
+        assert _cell_unpack(enr.cells[cell][m]) == (base, mask(mo, base), mask(mt, base))
+    rebuilt = Enricher(load_cfg())
+    for kind, key, m, entry, _ in enr.drain_changes():
+        rebuilt.merge(kind, key, m, entry)
+    assert rebuilt.handsets == enr.handsets and rebuilt.cells == enr.cells
+
+
 def test_cell_index_counts_only_outgoing_only_lines():
     enr = Enricher(load_cfg())  # bypass_min_calls: 3 buckets with outgoing traffic
     s = Stream()
