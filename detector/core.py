@@ -110,13 +110,15 @@ class Engine:
             return []  # (the profile is not looked up: in a large table that is a cache miss)
 
         profile = self.profiles.get(rec.msisdn)
-        home = province(profile.home_region) if profile else province(rec.cell_region)
+        if profile is None:
+            home, pin = province(rec.cell_region), _NO_PROFILE
+        else:
+            home, pin = province(profile.home_region), profile_inputs(profile)
         model = self.model
-        kmodel = model.kernel_model()
+        kmodel = model._spec if model._spec is not None else model.kernel_model()
         buf = self._buf
         answer, score = K.mo_step(
-            rows, i, *F.mo_inputs(rec, home, self.fc), handset_lines, cell_lines, *profile_inputs(profile),
-            rec.ts - self.start_ts,
+            rows, i, *F.mo_inputs(rec, home, self.fc), handset_lines, cell_lines, *pin, rec.ts - self.start_ts,
             self.min_calls, model.population_min_calls, model.population_interval_ms, self.cleared_memory_ms,
             buf, kmodel, id_hash, offset)
         if answer == K.NOTHING:
@@ -301,6 +303,7 @@ class Engine:
         self.numbers.rest(now - self.rest_after_ms)
 
 
+_NO_PROFILE = profile_inputs(None)
 PARTITION_CACHE_MAX = 1 << 18
 SHADOWED_BY_BREAKER = 2  # NumberState.status of a line whose suspension the breaker turned to shadow
 
@@ -447,9 +450,12 @@ class Detector:
     def on_record(self, rec: CDR, facts: SharedFacts | None = None, offset: int = -1) -> list[dict]:
         """`offset` is the record's input offset when it has one: a record at or below the offset
         a number's state already holds (replayed after a crash) is skipped, not applied twice."""
-        partition = self.partition(rec.msisdn)
-        eng = self.engines.get(partition) or self.engine(rec.msisdn)
-        st = eng.numbers.get(rec.msisdn)
+        msisdn = rec.msisdn
+        partition = self._partition.get(msisdn)
+        if partition is None:
+            partition = self.partition(msisdn)
+        eng = self.engines.get(partition) or self.engine(msisdn)
+        st = eng.numbers.get(msisdn)
         self.last_score = None
         id_hash = hash64(rec.record_id)
         if st is not None:
@@ -464,7 +470,7 @@ class Detector:
                 self.late += 1  # too late to fold into rolling features: set aside, counted
                 self.last_result = "late"
                 if offset >= 0 and eng.track_changes:  # the daemon dead-letters it once, not again after a restart
-                    eng.dirty.add(rec.msisdn)
+                    eng.dirty.add(msisdn)
                 return []
             if status == SHADOWED_BY_BREAKER and not self.breaker.tripped:
                 eng.lift_suspension(st)  # never enforced; the breaker is re-armed: decide afresh

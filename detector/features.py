@@ -356,6 +356,9 @@ def tenure_days(profile: Profile | None, ts: int) -> float | None:
 
 
 
+_new_object = object.__new__
+
+
 class NumberStore:
     """msisdn → NumberState: a number in use is a row of a few large arrays (`kernel.STATE`, 551
     bytes), a number at rest is its packed bytes (~0.3 KB while its rings are not full).
@@ -398,7 +401,7 @@ class NumberStore:
         self._owner[r] = None
         self._free.append(r)
 
-    def _state(self, r: int) -> NumberState:
+    def _state(self, r: int) -> NumberState:  # (also written out in `get`)
         c, i = divmod(r, self.CHUNK)
         st = object.__new__(NumberState)
         st._rows = self._chunks[c]
@@ -416,8 +419,13 @@ class NumberStore:
 
     def get(self, msisdn: str, default=None):
         r = self.rows.get(msisdn)
-        if r is not None:
-            return self._state(r)
+        if r is not None:  # (`_state`, written out: this runs for every record)
+            c, i = divmod(r, self.CHUNK)
+            st = _new_object(NumberState)
+            st._rows = self._chunks[c]
+            st._f = self._views[c]
+            st._i = i
+            return st
         blob = self.cold.pop(msisdn, None)
         if blob is None:
             return default
