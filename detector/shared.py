@@ -123,8 +123,10 @@ class Enricher:
         self.cells: dict[str, dict[str, int]] = {}  # cell → msisdn → _cell_pack(base, mo_mask, mt_mask)
         self._bypass_count: dict[str, tuple[int, int]] = {}  # cell → (bucket, bypass-like lines then)
         self.track_changes = track_changes
-        # ("h"|"c", key, msisdn) to publish → the line's input partition (-1: not known here)
-        self.changed: dict[tuple[str, str, str], int] = {}
+        # ("h"|"c", key, msisdn) to publish → (the line's input partition (-1: not known here), the
+        # pair as it is now, None once gone): kept as pairs change, so that publishing them does
+        # not look each one up again (~2 µs a pair: by then they are cold in memory)
+        self.changed: dict[tuple[str, str, str], tuple[int, int | None]] = {}
         self.next_sweep = 0
         self._sweeping = False  # a round of the sweep is under way (see `_begin_sweep`)
         self._sweep_wait = SWEEP_EVERY_RECORDS  # records until the next batch of it
@@ -174,7 +176,7 @@ class Enricher:
             if after == p:
                 return v
             if self.track_changes:
-                self.changed[("h", imei, msisdn)] = partition
+                self.changed[("h", imei, msisdn)] = (partition, after)
             v = self.handsets[imei] = (msisdn, after)
             return v
         else:
@@ -183,7 +185,7 @@ class Enricher:
             if after == before:
                 return v
         if self.track_changes:
-            self.changed[("h", imei, msisdn)] = partition
+            self.changed[("h", imei, msisdn)] = (partition, after)
         return self._hs_put(imei, msisdn, after)
 
     def _observe_cell(self, rec: CDR, q: int, partition: int) -> tuple[dict[str, int], int]:
@@ -230,7 +232,7 @@ class Enricher:
         if cached is not None and q < cached[0]:  # a late record: inside some cached window
             del self._bypass_count[cell]
         if self.track_changes:
-            self.changed[("c", cell, msisdn)] = partition
+            self.changed[("c", cell, msisdn)] = (partition, p)
         return lines, p
 
     # handsets: one line as a tuple, several as a dict
@@ -334,10 +336,12 @@ class Enricher:
                 mask = (p >> 32) >> (horizon - base)
                 if not mask:
                     if self.track_changes:  # gone: a tombstone lets compaction drop the key
-                        self.changed.setdefault(("h", imei, m), -1)
+                        self._track_swept(("h", imei, m), None)
                     continue
                 low = _lowest_bit(mask)  # start at the first bucket left, not at the horizon
                 p = _hs_pack(horizon + low, mask >> low)
+                if self.track_changes:
+                    self._track_swept(("h", imei, m), p)
             kept[m] = p
         if not kept:
             del self.handsets[imei]
@@ -360,32 +364,48 @@ class Enricher:
                 mt >>= horizon - base
                 if mo or mt:
                     low = _lowest_bit(mo | mt)
-                    lines[m] = _cell_pack(horizon + low, mo >> low, mt >> low)
+                    p = lines[m] = _cell_pack(horizon + low, mo >> low, mt >> low)
+                    if self.track_changes:
+                        self._track_swept(("c", key, m), p)
                 else:
                     del lines[m]
                     if self.track_changes:
-                        self.changed.setdefault(("c", key, m), -1)
+                        self._track_swept(("c", key, m), None)
         if not lines:
             del self.cells[key]
         return n or 1
 
+    def _track_swept(self, k: tuple[str, str, str], p: int | None) -> None:
+        """A pair the sweep rebased (p) or removed (None): a removed one is published as a
+        tombstone; one rebased is published only if it changed anyway (its new form then)."""
+        prev = self.changed.get(k)
+        if p is None:
+            self.changed[k] = (-1 if prev is None else prev[0], None)
+        elif prev is not None:
+            self.changed[k] = (prev[0], p)
+
     # -- distribution: one compacted record per (thing, line) ----------------------------------
+    def take_changes(self) -> dict[tuple[str, str, str], tuple[int, int | None]]:
+        """The pairs changed since the last call, as held: (kind, key, msisdn) → (partition as
+        `facts` was told (-1: not), the packed pair or None once gone). What the daemon publishes,
+        without a list per pair on the way (see `state.shared_changes`)."""
+        changed = self.changed
+        self.changed = {}
+        return changed
+
     def drain_changes(self) -> list[tuple[str, str, str, list | None, int]]:
         """(kind, key, msisdn, entry or None, partition) for every pair changed since the last call,
         in no particular order (each key stands alone); an entry is [base, mask] for a handset and
         [base, mo_mask, mt_mask] for a cell; partition is the line's as `facts` was told (-1: not)."""
         out = []
-        cells = self.cells
-        for (kind, key, m), partition in self.changed.items():
-            if kind == "h":
-                p = self._hs_get(key, m)
-                entry = None if p is None else [p & _M32, p >> 32]
+        for (kind, key, m), (partition, p) in self.take_changes().items():
+            if p is None:
+                entry = None
+            elif kind == "h":
+                entry = [p & _M32, p >> 32]
             else:
-                lines = cells.get(key)
-                p = None if lines is None else lines.get(m)
-                entry = None if p is None else list(_cell_unpack(p))
+                entry = list(_cell_unpack(p))
             out.append((kind, key, m, entry, partition))
-        self.changed.clear()
         return out
 
     def merge(self, kind: str, key: str, msisdn: str, entry: list | None) -> None:
@@ -405,6 +425,8 @@ class Enricher:
                 if merged == mine:
                     return
             self._hs_put(key, msisdn, merged)
+            if self.track_changes:
+                self._track_merged(("h", key, msisdn), merged)
             return
         b, mo, mt = entry
         lines = self.cells.get(key)
@@ -421,3 +443,12 @@ class Enricher:
         if packed != p:
             lines[msisdn] = packed
             self._bypass_count.pop(key, None)
+            if self.track_changes:
+                self._track_merged(("c", key, msisdn), packed)
+
+    def _track_merged(self, k: tuple[str, str, str], p: int) -> None:
+        """A pair of ours that changed since the last drain and that another writer's view has
+        just added to: it is published as it is now."""
+        prev = self.changed.get(k)
+        if prev is not None:
+            self.changed[k] = (prev[0], p)

@@ -690,6 +690,52 @@ def test_a_sweep_spread_over_records_answers_as_one_done_at_once_and_drops_the_s
     assert spread.handsets == at_once.handsets and spread.cells == at_once.cells
 
 
+def test_what_the_daemon_publishes_is_each_pairs_last_state_and_rebuilds_the_index():
+    """Changed pairs are published as they were kept when they changed (no lookup at publishing
+    time), through the sweep's rebases and removals: `state.shared_changes` must publish exactly
+    `encode_pair` of what `drain_changes` reports, and a reader applying it must end with the
+    writer's index."""
+    from detector.core import Detector
+
+    rng = random.Random(23)
+    s = Stream()
+    twins = [Detector(load_cfg(), track_changes=True) for _ in range(2)]
+    reader = Enricher(load_cfg())
+    lines = [f"139{i:08d}" for i in range(300)]
+    handsets = [f"86{i:013d}" for i in range(120)]
+    cells = [f"cell-{i}" for i in range(30)]
+    ts = T0
+    published = tombstones = 0
+    topic: dict[bytes, bytes | None] = {}
+    for n in range(9000):  # ~75 h: 6-hourly sweeps rebase and remove pairs between publications
+        ts += rng.randrange(0, 60_000)
+        rec = s.rec(msisdn=rng.choice(lines[: 60 + (n // 30) % 240]), ts=ts, imei=rng.choice(handsets),
+                    cell_id=rng.choice(cells), direction=rng.choice(["MO", "MO", "MT"]))
+        for det in twins:
+            det.on_record(rec)
+        if n % 700 == 699 or n == 8999:
+            got = state.shared_changes(twins[0])
+            want = [(p if p >= 0 else twins[1].partition(m), f"{k}|{key}|{m}".encode(), state.encode_pair(entry))
+                    for k, key, m, entry, p in twins[1].enricher.drain_changes()]
+            assert sorted(got, key=lambda x: x[1]) == sorted(want, key=lambda x: x[1])
+            for _, key, value in got:
+                state.apply_shared(reader, key, value)
+                topic[key] = value  # compacted: the last value of each key
+            published += len(got)
+            tombstones += sum(v is None for _, _, v in got)
+    assert published and tombstones
+    q = ts // BUCKET
+    writer = twins[0].enricher
+    writer.sweep(q)
+    topic.update((key, value) for _, key, value in state.shared_changes(twins[0]))
+    reader.sweep(q)
+    assert reader.handsets == writer.handsets and reader.cells == writer.cells
+    # what compaction keeps is the writer's index: every pair gone has a tombstone last
+    live = {f"h|{imei}|{m}".encode() for imei in writer.handsets for m in writer._hs_lines(imei)}
+    live |= {f"c|{cell}|{m}".encode() for cell, ls in writer.cells.items() for m in ls}
+    assert {key for key, value in topic.items() if value is not None} == live
+
+
 def test_shared_pair_encoding_is_the_json_the_contract_describes():
     """`encode_pair` formats bytes directly; it must write exactly the JSON orjson would, and
     `decode_pair` must read it back, for handset ([base, mask]) and cell ([base, mo, mt]) entries
