@@ -118,6 +118,8 @@ def packed_status_tier(blob: bytes) -> tuple[int, int]:
     return _PEEK_STATUS_TIER.unpack_from(blob)
 
 
+assert (K.V2_RINGS_AT, K.PACK_V3, K.PACKED_MAX_V3) == (_RINGS_AT, PACK_VERSION, PACKED_MAX)  # kernel.pack_v3 is `_from_v2`
+_PACK_BUF = np.zeros(PACKED_MAX, dtype=np.uint8)  # (one thread packs)
 STATE_FIELDS = K.STATE.names[1:]  # every field of a row but the version byte
 assert STATE_FIELDS[:len(_SCALARS)] == _SCALARS  # the row is the packed head, field for field
 _SCALAR_FIELDS = tuple(n for n in STATE_FIELDS if K.STATE.fields[n][0].shape == ())
@@ -191,7 +193,8 @@ class NumberState:
         return self._f["_u8"][i:i + _ROW].tobytes()
 
     def pack(self) -> bytes:
-        return _from_v2(self.row_bytes())
+        n = K.pack_v3(self._f["_u8"], self._i, _PACK_BUF)
+        return _PACK_BUF[:n].tobytes()
 
     @classmethod
     def unpack(cls, blob: bytes) -> "NumberState":
@@ -486,7 +489,9 @@ class NumberStore:
         """The packed state (version 3), or None."""
         r = self.rows.get(msisdn)
         if r is not None:
-            return self._state(r).pack()
+            c, i = divmod(r, self.CHUNK)
+            n = K.pack_v3(self._views[c]["_u8"], i, _PACK_BUF)
+            return _PACK_BUF[:n].tobytes()
         return self.cold.get(msisdn)
 
     def _in_rows(self, last_ts_before: int, active_only: bool) -> list[str]:

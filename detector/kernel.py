@@ -362,6 +362,46 @@ def known_share(watched_ms, warmup_ms):
     return k if k < 1.0 else 1.0
 
 
+# -- the packed form (version 3): what the changelog stores ---------------------------------------
+# The head of a row as it is (after the version byte), a count per ring, then each ring without
+# its zero tail, cut at a whole item. `features._from_v2` is the same in Python (checked equal).
+PACK_V3 = 3
+V2_RINGS_AT = STATE.fields["contacts"][1]  # the rings follow the head: contacts, provinces, ids, flags
+_RING_LAYOUT = np.array([(STATE.fields[name][1], STATE.fields[name][0].base.itemsize, STATE.fields[name][0].shape[0])
+                         for name in ("contacts", "provinces", "recent_ids", "contact_flags")], dtype=np.int64)
+assert all(_RING_LAYOUT[k, 0] + _RING_LAYOUT[k, 1] * _RING_LAYOUT[k, 2] == _RING_LAYOUT[k + 1, 0] for k in range(3))
+assert _RING_LAYOUT[0, 0] == V2_RINGS_AT and _RING_LAYOUT[3, 0] + _RING_LAYOUT[3, 2] == STATE.itemsize
+PACKED_MAX_V3 = STATE.itemsize + 4
+_ROW_BYTES = STATE.itemsize
+
+
+@nb.njit(_I(T.uint8[::1], _I, T.uint8[::1], T.int64[:, ::1]), **_JIT)
+def _pack_v3(u8, i, out, layout):
+    base = i * _ROW_BYTES
+    out[0] = PACK_V3
+    for k in range(1, V2_RINGS_AT):
+        out[k] = u8[base + k]
+    pos = V2_RINGS_AT + 4
+    for r in range(4):
+        off = base + layout[r, 0]
+        item = layout[r, 1]
+        end = item * layout[r, 2]
+        while end > 0 and u8[off + end - 1] == 0:
+            end -= 1
+        n = (end + item - 1) // item
+        out[V2_RINGS_AT + r] = n
+        for k in range(n * item):
+            out[pos + k] = u8[off + k]
+        pos += n * item
+    return pos
+
+
+def pack_v3(u8, i, out) -> int:
+    """Row i (of the rows `u8` views as bytes) packed into `out` (at least PACKED_MAX_V3 bytes);
+    returns the length. One call per changed number at each commit, instead of ~2 µs of slicing."""
+    return _pack_v3(u8, i, out, _RING_LAYOUT)
+
+
 # -- one record, fused: what the engine calls per record ----------------------------------------
 # (one call into compiled code per record instead of several; each step is the function above)
 

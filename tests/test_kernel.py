@@ -49,3 +49,30 @@ def test_hashes_keep_all_64_bits(h):
     assert K.seen_before(rows, 0, h) is False
     assert K.seen_before(rows, 0, h) is True
     assert rows[0]["recent_ids"][0] == h
+
+
+def test_the_compiled_packer_writes_exactly_what_from_v2_writes():
+    """`kernel.pack_v3` (what the changelog is written with) must be byte for byte `_from_v2`: each
+    ring cut after its last non-zero item — zero items inside a ring kept, a partly zero last item
+    kept whole — for rings empty, partly and wholly full, in any row of a chunk."""
+    rng = np.random.default_rng(3)
+    rows = F._new_rows(8)
+    u8 = rows.view(np.uint8)
+    out = np.zeros(K.PACKED_MAX_V3, dtype=np.uint8)
+    ring_names = ("contacts", "provinces", "recent_ids", "contact_flags")
+    for _ in range(3000):
+        i = int(rng.integers(8))
+        row = rng.integers(0, 256, K.STATE.itemsize, dtype=np.uint8)
+        row[0] = 2
+        for name in ring_names:  # keep a random prefix of items, then zeros; some zero items inside
+            off, size = K.STATE.fields[name][1], K.STATE.fields[name][0].itemsize
+            item = K.STATE.fields[name][0].base.itemsize
+            keep = int(rng.integers(0, size // item + 1)) * item
+            if keep and rng.random() < 0.5:  # the last kept item partly zero: still kept whole
+                row[off + keep - item: off + keep - 1] = 0
+            row[off + keep: off + size] = 0
+            if rng.random() < 0.3:
+                row[off: off + min(keep, item)] = 0  # a zero item first
+        u8[i * K.STATE.itemsize:(i + 1) * K.STATE.itemsize] = row
+        n = K.pack_v3(u8, i, out)
+        assert out[:n].tobytes() == F._from_v2(row.tobytes())
