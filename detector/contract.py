@@ -153,6 +153,8 @@ _REGIONS_OK: set[str] = set()  # region codes that passed `_region_ok`: a few hu
 
 def _region_known_ok(v) -> bool:
     """`_region_ok`, remembered: most records' two region codes are then one set lookup each."""
+    if type(v) is not str:
+        return False  # (and no set lookup of an unhashable JSON value)
     if v in _REGIONS_OK:
         return True
     if not _region_ok(v):

@@ -134,6 +134,8 @@ def test_missing_field(name):
     ("cell_id", 10001),
     ("cell_region", None),
     ("peer_region", 44),
+    ("cell_region", ["GD-SZ"]),  # unhashable: must not reach a set lookup
+    ("peer_region", {"code": "GD"}),
     ("imei", 860000000000001),
 ])
 def test_wrong_type(name, value):
@@ -142,7 +144,8 @@ def test_wrong_type(name, value):
 
 
 @pytest.mark.parametrize("name,value", [("ts", str(T0)), ("answered", "true"), ("duration_s", True),
-                                        ("duration_s", 1.0)])
+                                        ("duration_s", 1.0), ("cell_region", ["GD-SZ"]),
+                                        ("peer_region", {"code": "GD"})])
 def test_wrong_type_from_json_bytes(name, value):
     err = reject(parse_cdr, orjson.dumps(make_cdr(**{name: value})))
     assert (err.reason, err.field) == ("bad_type", name)
