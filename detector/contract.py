@@ -69,6 +69,14 @@ class Outcome(NamedTuple):
 
 def decode(raw: bytes | str | dict) -> dict:
     """Bytes → JSON object, with the reasons a carrier's feed actually produces."""
+    if type(raw) is bytes and len(raw) <= MAX_MESSAGE_BYTES:  # the usual case, in few steps
+        try:
+            obj = _loads(raw)
+        except orjson.JSONDecodeError:
+            pass  # the checks below say what is wrong
+        else:
+            if type(obj) is dict:
+                return obj
     if isinstance(raw, dict):  # in-process callers: strings must still be valid UTF-8
         for k, v in raw.items():
             if isinstance(v, str):
@@ -166,13 +174,7 @@ def _region_known_ok(v) -> bool:
 
 
 def parse_cdr(raw: bytes | str | dict) -> CDR:
-    if type(raw) is bytes and len(raw) <= MAX_MESSAGE_BYTES:
-        try:
-            obj = _loads(raw)
-        except orjson.JSONDecodeError:
-            obj = decode(raw)  # raises with the reason
-    else:
-        obj = decode(raw)
+    obj = decode(raw)
     # The common case, checked in one expression; anything it does not accept goes through the
     # field-by-field checks below, which accept the same records and name what is wrong.
     try:
@@ -180,22 +182,19 @@ def parse_cdr(raw: bytes | str | dict) -> CDR:
         cell_id, imei, msisdn, peer = obj["cell_id"], obj["imei"], obj["msisdn"], obj["peer"]
         direction, service = obj["direction"], obj["service"]
         cell_region, peer_region = obj["cell_region"], obj["peer_region"]
-    except (KeyError, TypeError):  # (TypeError: JSON that is not an object)
+    except KeyError:
         pass
     else:
         if (type(rid) is str and 0 < len(rid) <= MAX_STRING and type(ts) is int and TS_MIN <= ts <= TS_MAX
                 and type(duration) is int and 0 <= duration <= MAX_DURATION_S and type(answered) is bool
                 and type(cell_id) is str and len(cell_id) <= MAX_STRING
                 and type(imei) is str and len(imei) <= MAX_STRING
-                and type(msisdn) is str and 5 <= len(msisdn) <= 15 and msisdn.isascii() and msisdn.isdigit()
-                and type(peer) is str and 3 <= len(peer) <= 20 and peer.isascii() and peer.isdigit()
+                and _digits_ok(msisdn, 5, 15) and _digits_ok(peer, 3, 20)
                 and (direction == "MO" or direction == "MT") and type(direction) is str
                 and (service == "voice" or service == "sms") and type(service) is str
-                and type(obj) is dict and _region_known_ok(cell_region) and _region_known_ok(peer_region)):
+                and _region_known_ok(cell_region) and _region_known_ok(peer_region)):
             return _new_cdr(CDR, (rid, ts, _intern(msisdn), direction, peer, service, duration, answered, cell_id,
                                   cell_region, peer_region, imei))
-    if type(obj) is not dict:
-        raise InvalidRecord("not_object", None, f"expected a JSON object, got {type(obj).__name__}")
     return _parse_cdr_checked(obj)
 
 

@@ -115,7 +115,7 @@ class Engine:
         else:
             home, pin = province(profile.home_region), profile_inputs(profile)
         model = self.model
-        kmodel = model._spec if model._spec is not None else model.kernel_model()
+        kmodel = model.kernel_model()
         buf = self._buf
         answer, score = K.mo_step(
             rows, i, *F.mo_inputs(rec, home, self.fc), handset_lines, cell_lines, *pin, rec.ts - self.start_ts,

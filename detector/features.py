@@ -120,6 +120,12 @@ def packed_status_tier(blob: bytes) -> tuple[int, int]:
 
 assert (K.V2_RINGS_AT, K.PACK_V3, K.PACKED_MAX_V3) == (_RINGS_AT, PACK_VERSION, PACKED_MAX)  # kernel.pack_v3 is `_from_v2`
 _PACK_BUF = np.zeros(PACKED_MAX, dtype=np.uint8)  # (one thread packs)
+
+
+def _pack_row(u8: np.ndarray, i: int) -> bytes:
+    """Row i of the rows `u8` views as bytes, packed (version 3) by compiled code."""
+    n = K.pack_v3(u8, i, _PACK_BUF)
+    return _PACK_BUF[:n].tobytes()
 STATE_FIELDS = K.STATE.names[1:]  # every field of a row but the version byte
 assert STATE_FIELDS[:len(_SCALARS)] == _SCALARS  # the row is the packed head, field for field
 _SCALAR_FIELDS = tuple(n for n in STATE_FIELDS if K.STATE.fields[n][0].shape == ())
@@ -193,8 +199,7 @@ class NumberState:
         return self._f["_u8"][i:i + _ROW].tobytes()
 
     def pack(self) -> bytes:
-        n = K.pack_v3(self._f["_u8"], self._i, _PACK_BUF)
-        return _PACK_BUF[:n].tobytes()
+        return _pack_row(self._f["_u8"], self._i)
 
     @classmethod
     def unpack(cls, blob: bytes) -> "NumberState":
@@ -490,8 +495,7 @@ class NumberStore:
         r = self.rows.get(msisdn)
         if r is not None:
             c, i = divmod(r, self.CHUNK)
-            n = K.pack_v3(self._views[c]["_u8"], i, _PACK_BUF)
-            return _PACK_BUF[:n].tobytes()
+            return _pack_row(self._views[c]["_u8"], i)
         return self.cold.get(msisdn)
 
     def _in_rows(self, last_ts_before: int, active_only: bool) -> list[str]:
@@ -526,7 +530,7 @@ class NumberStore:
         quiet = self._in_rows(horizon, active_only=False)
         cold = self.cold
         for m in quiet:
-            cold[m] = self._state(self.rows[m]).pack()
+            cold[m] = self.packed(m)
             self._release(m)
         if len(self._free) >= self.CHUNK:
             self.compact()

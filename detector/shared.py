@@ -99,6 +99,16 @@ def _cell_unpack(p: int) -> tuple[int, int, int]:
     return p & _M32, rest & ((1 << w) - 1), rest >> w
 
 
+def entry_of(kind: str, p: int | None) -> list | None:
+    """A packed pair as published: [base, mask] for a handset ("h"), [base, mo_mask, mt_mask] for
+    a cell; None for a pair that is gone."""
+    if p is None:
+        return None
+    if kind == "h":
+        return [p & _M32, p >> 32]
+    return list(_cell_unpack(p))
+
+
 class Enricher:
     """Handset and cell facts as of the start of each record's time bucket.
 
@@ -167,26 +177,22 @@ class Enricher:
     def _observe_handset(self, imei: str, msisdn: str, q: int, partition: int) -> tuple[str, int] | dict[str, int]:
         """Mark the line on its handset in bucket q; returns the handset's lines afterwards."""
         v = self.handsets.get(imei)
-        if v is None:
-            after = q | (1 << 32)  # _hs_pack(q, 1)
-        elif type(v) is tuple and v[0] == msisdn:  # the line alone on its handset: the usual case
+        if type(v) is tuple and v[0] == msisdn:  # the line alone on its handset: the usual case
             p = v[1]
             base = p & _M32
             after = p | (1 << (32 + q - base)) if q >= base else _hs_set_bit(p, q)
             if after == p:
                 return v
-            if self.track_changes:
-                self.changed[("h", imei, msisdn)] = (partition, after)
             v = self.handsets[imei] = (msisdn, after)
-            return v
         else:
             before = _hs_of(v, msisdn)
             after = _hs_set_bit(before, q)
             if after == before:
                 return v
+            v = self._hs_put(imei, msisdn, after)
         if self.track_changes:
             self.changed[("h", imei, msisdn)] = (partition, after)
-        return self._hs_put(imei, msisdn, after)
+        return v
 
     def _observe_cell(self, rec: CDR, q: int, partition: int) -> tuple[dict[str, int], int]:
         """Mark the line on its cell in bucket q (outgoing or incoming); returns the cell's lines
@@ -199,7 +205,7 @@ class Enricher:
         p = lines.get(msisdn)
         mo_record = rec.direction == "MO"
         if p is None:
-            p = lines[msisdn] = q | (1 << 32) | (1 << 64) if mo_record else q | (1 << 64)  # _cell_pack(q, 1, 0) or (q, 0, 1)
+            p = lines[msisdn] = _cell_pack(q, 1, 0) if mo_record else _cell_pack(q, 0, 1)
         else:
             base = p & _M32
             w = (p >> 32) & _M32
@@ -397,16 +403,8 @@ class Enricher:
         """(kind, key, msisdn, entry or None, partition) for every pair changed since the last call,
         in no particular order (each key stands alone); an entry is [base, mask] for a handset and
         [base, mo_mask, mt_mask] for a cell; partition is the line's as `facts` was told (-1: not)."""
-        out = []
-        for (kind, key, m), (partition, p) in self.take_changes().items():
-            if p is None:
-                entry = None
-            elif kind == "h":
-                entry = [p & _M32, p >> 32]
-            else:
-                entry = list(_cell_unpack(p))
-            out.append((kind, key, m, entry, partition))
-        return out
+        return [(kind, key, m, entry_of(kind, p), partition)
+                for (kind, key, m), (partition, p) in self.take_changes().items()]
 
     def merge(self, kind: str, key: str, msisdn: str, entry: list | None) -> None:
         """OR another writer's view of a pair into ours (idempotent, order-free). Every daemon
