@@ -95,7 +95,6 @@ _ZEROS = bytes(max(_FULL_RING_BYTES))  # the zero tails `pack` cut, to pad rings
 # read without unpacking, for sweeps and counts over every number (the head is the same in v2 and v3)
 _PEEK_LAST_TS = struct.Struct("<9xq")  # after the version byte and first_ts
 _PEEK_STATUS_TIER = struct.Struct("<84xBxb")  # after 1 + 7*8 + 6*4 + 3 bytes: status, fraud_confirmed, tier
-_PEEK_LAST_TS_STATUS = struct.Struct("<9xq67xB")  # last_ts, status: what the idle sweep reads
 
 
 def check_packed(blob: bytes) -> None:
@@ -126,6 +125,27 @@ def _pack_row(u8: np.ndarray, i: int) -> bytes:
     """Row i of the rows `u8` views as bytes, packed (version 3) by compiled code."""
     n = K.pack_v3(u8, i, _PACK_BUF)
     return _PACK_BUF[:n].tobytes()
+
+
+_REST_BUF = np.zeros(K.REST_MAX, dtype=np.uint8)
+_UNREST_BUF = np.zeros(PACKED_MAX, dtype=np.uint8)
+_PEEK_REST = struct.Struct("<qBb")  # the rest form's head: last_ts, status, tier
+
+
+def _row_at_rest(u8: np.ndarray, i: int) -> bytes:
+    """Row i packed (version 3), in the rest form (`kernel.to_rest`)."""
+    n = K.pack_v3(u8, i, _PACK_BUF)
+    return _REST_BUF[:K.to_rest(_PACK_BUF, n, _REST_BUF)].tobytes()
+
+
+def _at_rest(blob: bytes) -> bytes:
+    """A checked packed state (v2 or v3) in the rest form."""
+    return _REST_BUF[:K.to_rest(blob, len(blob), _REST_BUF)].tobytes()
+
+
+def _from_rest(form: bytes) -> bytes:
+    """The packed state, exactly as it was put to rest."""
+    return _UNREST_BUF[:K.from_rest(form, _UNREST_BUF)].tobytes()
 STATE_FIELDS = K.STATE.names[1:]  # every field of a row but the version byte
 assert STATE_FIELDS[:len(_SCALARS)] == _SCALARS  # the row is the packed head, field for field
 _SCALAR_FIELDS = tuple(n for n in STATE_FIELDS if K.STATE.fields[n][0].shape == ())
@@ -369,7 +389,8 @@ _new_object = object.__new__
 
 class NumberStore:
     """msisdn → NumberState: a number in use is a row of a few large arrays (`kernel.STATE`, 551
-    bytes), a number at rest is its packed bytes (~0.3 KB while its rings are not full).
+    bytes), a number at rest is its packed bytes without their zero bytes (`kernel.to_rest`: ~0.2
+    KB while its rings are not full).
 
     Rows live in chunks of `CHUNK` that never move, so a state taken with `get` stays valid until
     the number is forgotten or put to rest; a freed row goes to the next number that needs one.
@@ -382,7 +403,7 @@ class NumberStore:
 
     def __init__(self):
         self.rows: dict[str, int] = {}  # msisdn → row id (chunk * CHUNK + index), numbers in use
-        self.cold: dict[str, bytes] = {}  # msisdn → packed state, numbers at rest
+        self.cold: dict[str, bytes] = {}  # msisdn → packed state in the rest form, numbers at rest
         self._chunks: list[np.ndarray] = []
         self._views: list[dict] = []  # per chunk: each field as an array (NumberState's attributes)
         self._owner: list[str | None] = []  # row id → msisdn (None: free)
@@ -434,11 +455,11 @@ class NumberStore:
             st._f = self._views[c]
             st._i = i
             return st
-        blob = self.cold.pop(msisdn, None)
-        if blob is None:
+        form = self.cold.pop(msisdn, None)
+        if form is None:
             return default
         st = self._state(self._allocate(msisdn))  # back in use
-        st._load(_to_v2(blob))
+        st._load(_to_v2(_from_rest(form)))
         return st
 
     def __getitem__(self, msisdn: str) -> NumberState:
@@ -488,7 +509,7 @@ class NumberStore:
         check_packed(blob)
         if msisdn in self.rows:
             self._release(msisdn)
-        self.cold[msisdn] = bytes(blob)
+        self.cold[msisdn] = _at_rest(blob)
 
     def packed(self, msisdn: str) -> bytes | None:
         """The packed state (version 3), or None."""
@@ -496,7 +517,8 @@ class NumberStore:
         if r is not None:
             c, i = divmod(r, self.CHUNK)
             return _pack_row(self._views[c]["_u8"], i)
-        return self.cold.get(msisdn)
+        form = self.cold.get(msisdn)
+        return None if form is None else _from_rest(form)
 
     def _in_rows(self, last_ts_before: int, active_only: bool) -> list[str]:
         """Numbers in rows last seen before a time (and, if `active_only`, not suspended)."""
@@ -516,9 +538,9 @@ class NumberStore:
     def idle(self, horizon: int) -> list[str]:
         """Numbers last seen before `horizon` and not suspended: what the idle sweep forgets."""
         out = self._in_rows(horizon, active_only=True)
-        peek = _PEEK_LAST_TS_STATUS.unpack_from
-        for m, blob in self.cold.items():
-            last_ts, status = peek(blob)
+        peek = _PEEK_REST.unpack_from
+        for m, form in self.cold.items():
+            last_ts, status, _ = peek(form)
             if last_ts < horizon and not status:
                 out.append(m)
         return out
@@ -529,8 +551,10 @@ class NumberStore:
         The states taken before are stale afterwards: take them again."""
         quiet = self._in_rows(horizon, active_only=False)
         cold = self.cold
+        views = self._views
         for m in quiet:
-            cold[m] = self.packed(m)
+            c, i = divmod(self.rows[m], self.CHUNK)
+            cold[m] = _row_at_rest(views[c]["_u8"], i)
             self._release(m)
         if len(self._free) >= self.CHUNK:
             self.compact()
@@ -568,9 +592,10 @@ class NumberStore:
                 m = owner[base + i]
                 if m is not None:
                     yield m, last_ts, status, tier
-        for m, blob in list(self.cold.items()):
-            status, tier = packed_status_tier(blob)
-            yield m, packed_last_ts(blob), status, tier
+        peek = _PEEK_REST.unpack_from
+        for m, form in list(self.cold.items()):
+            last_ts, status, tier = peek(form)
+            yield m, last_ts, status, tier
 
 
 _BLANK = _new_rows(1)[0]

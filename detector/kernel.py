@@ -402,6 +402,116 @@ def pack_v3(u8, i, out) -> int:
     return _pack_v3(u8, i, out, _RING_LAYOUT)
 
 
+# -- the rest form: a number at rest, held in memory with its zero bytes left out ---------------
+# A packed state is about half zero bytes (counters not yet used, rings not full, the high bytes of
+# small integers). At rest, where a carrier holds most of its numbers, a state is kept as a head
+# (what the sweeps read: last_ts, status, tier, and the packed length), then a bitmap of which
+# bytes of the packed head and ring counts are not zero, then those bytes, then the rings as they
+# are (trimmed already, and hardly ever zero inside): ~0.2 KB instead of ~0.3. Before that, the
+# timestamps that are usually last_ts or near it are kept as their difference in bits from it
+# (xor), and the fields whose "none" is -1 as the value plus one, so that more of their bytes
+# are zero. It is never written anywhere: the changelog and every reader still get the packed
+# bytes, restored exactly.
+REST_HEAD = 12  # last_ts <i8, status u1, tier i1, the packed length <u2
+_LAST_TS_AT = STATE.fields["last_ts"][1]
+_STATUS_AT = STATE.fields["status"][1]
+_TIER_AT = STATE.fields["tier"][1]
+_NEAR_LAST_TS = (STATE.fields["first_ts"][1], STATE.fields["decayed_ts"][1])  # kept xor last_ts
+_NONE_IS_MINUS_ONE = (STATE.fields["last_pop_ts"][1], STATE.fields["applied_offset"][1])  # kept + 1
+_ELIDED = V2_RINGS_AT + 4  # the head and the ring counts: where the zero bytes are
+REST_MAX = REST_HEAD + (_ELIDED + 7) // 8 + PACKED_MAX_V3
+_BYTES = T.Bytes(T.uint8, 1, "C", readonly=True)  # a bytes object, passed as it is
+
+
+@nb.njit(inline="always")
+def _u64_at(a, off):
+    v = np.uint64(0)
+    for k in range(8):
+        v |= np.uint64(a[off + k]) << np.uint64(8 * k)
+    return v
+
+
+@nb.njit(inline="always")
+def _u64_put(a, off, v):
+    for k in range(8):
+        a[off + k] = (v >> np.uint64(8 * k)) & np.uint64(0xFF)
+
+
+@nb.njit(inline="always")
+def _in_rest_head(k):
+    return _LAST_TS_AT <= k < _LAST_TS_AT + 8 or k == _STATUS_AT or k == _TIER_AT
+
+
+@nb.njit([_I(_BYTES, _I, T.uint8[::1], T.uint8[::1]), _I(T.uint8[::1], _I, T.uint8[::1], T.uint8[::1])], **_JIT)
+def _to_rest(src, n, out, tmp):
+    for k in range(n):
+        tmp[k] = src[k]
+    last_ts = _u64_at(src, _LAST_TS_AT)
+    for off in _NEAR_LAST_TS:
+        _u64_put(tmp, off, _u64_at(tmp, off) ^ last_ts)
+    for off in _NONE_IS_MINUS_ONE:
+        _u64_put(tmp, off, _u64_at(tmp, off) + np.uint64(1))
+    for k in range(8):
+        out[k] = src[_LAST_TS_AT + k]
+    out[8] = src[_STATUS_AT]
+    out[9] = src[_TIER_AT]
+    out[10] = n & 0xFF
+    out[11] = n >> 8
+    bits = REST_HEAD
+    m = min(n, _ELIDED)
+    pos = bits + (m + 7) // 8
+    for k in range(bits, pos):
+        out[k] = 0
+    for k in range(m):
+        b = tmp[k]
+        if b != 0 and not _in_rest_head(k):  # (the head's own bytes are kept once, in the head)
+            out[bits + (k >> 3)] |= 1 << (k & 7)
+            out[pos] = b
+            pos += 1
+    for k in range(m, n):
+        out[pos] = tmp[k]
+        pos += 1
+    return pos
+
+
+_REST_TMP = np.zeros(PACKED_MAX_V3, dtype=np.uint8)  # (one thread puts numbers to rest)
+
+
+def to_rest(src, n, out) -> int:
+    """The packed state src[:n] (version 2 or 3: the head is the same) in the rest form, into
+    `out` (at least REST_MAX bytes); returns its length."""
+    return _to_rest(src, n, out, _REST_TMP)
+
+
+@nb.njit(_I(_BYTES, T.uint8[::1]), **_JIT)
+def from_rest(src, out):
+    """The packed state a rest form holds, into `out` (at least PACKED_MAX_V3 bytes, or the
+    length a version-2 state has); returns its length."""
+    n = src[10] | (np.int64(src[11]) << 8)
+    bits = REST_HEAD
+    m = min(n, _ELIDED)
+    pos = bits + (m + 7) // 8
+    for k in range(m):
+        if src[bits + (k >> 3)] & (1 << (k & 7)):
+            out[k] = src[pos]
+            pos += 1
+        else:
+            out[k] = 0
+    for k in range(m, n):
+        out[k] = src[pos]
+        pos += 1
+    for k in range(8):
+        out[_LAST_TS_AT + k] = src[k]
+    out[_STATUS_AT] = src[8]
+    out[_TIER_AT] = src[9]
+    last_ts = _u64_at(out, _LAST_TS_AT)
+    for off in _NEAR_LAST_TS:
+        _u64_put(out, off, _u64_at(out, off) ^ last_ts)
+    for off in _NONE_IS_MINUS_ONE:
+        _u64_put(out, off, _u64_at(out, off) - np.uint64(1))
+    return n
+
+
 # -- one record, fused: what the engine calls per record ----------------------------------------
 # (one call into compiled code per record instead of several; each step is the function above)
 

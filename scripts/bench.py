@@ -1256,10 +1256,12 @@ def memory_worker(args) -> None:
         real = real_imei(r.imei)
         for town in range(towns if i < last_limit else towns - 1):
             suffix = suffixes[town]
-            # a new msisdn string per record, interned as parse_cdr interns it
+            # a new msisdn string per record, interned as parse_cdr interns it; an input offset, as the
+            # daemon gives one (so a state holds a real applied_offset, as in production, not the -1 of
+            # a backtest; one count over all partitions: larger than a partition's own offsets)
             det.on_record(CDR(f"{town}:{r.record_id}", r.ts, sys.intern(f"1{town:04d}{i:06d}"), r.direction, r.peer, r.service,
                               r.duration_s, r.answered, r.cell_id + suffix, r.cell_region, r.peer_region,
-                              r.imei + suffix if real else r.imei))
+                              r.imei + suffix if real else r.imei), offset=fed)
             fed += 1
         if fed - drained >= COMMIT_RECORDS:
             drain()
@@ -1286,7 +1288,7 @@ def memory_worker(args) -> None:
     # where it is met first in this order
     seen_str: set[int] = set()
     key_bytes = dict_bytes = 0
-    blobs = []
+    blobs, held_sizes = [], []
     step = max(1, tracked // 20000)
     rows_bytes = 0
     for eng in det.engines.values():
@@ -1304,9 +1306,10 @@ def memory_worker(args) -> None:
         for j, (msisdn, blob) in enumerate(held):
             key_bytes += sys.getsizeof(msisdn)
             seen_str.add(id(msisdn))
-            if j % step == 0:
-                blobs.append(blob if blob is not None else store.packed(msisdn))
-    state_sizes = [sys.getsizeof(b) for b in blobs]
+            if j % step == 0:  # as held (at rest: packed, since 2026-12-05 in the rest form), and as written
+                held_sizes.append(sys.getsizeof(blob if blob is not None else store.packed(msisdn)))
+                blobs.append(store.packed(msisdn) if hasattr(store, "packed") else blob)
+    state_sizes = held_sizes
     by_field: dict[str, float] = {"(packed bytes object)": statistics.fmean(state_sizes)}
     if rows_bytes:
         by_field["(rows of the store's arrays, per number, free rows included)"] = rows_bytes / tracked

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import orjson
 import pytest
 
 from conftest import DAY, HOUR, MINUTE, T0, Stream, load_cfg
 from detector import features as F
+from detector import kernel as K
 from detector import state
 from detector.shared import Enricher, SharedFacts
 from detector.features import (
@@ -432,6 +434,55 @@ def test_number_store_holds_states_in_rows_or_at_rest_and_reuses_freed_rows(fc):
     del store["c"]  # at rest
     assert len(store) == 1 and store.get("a") is None and store.packed("c") is None
     assert [m for m, *_ in store.scan()] == ["d"]
+
+
+def _rest_form_size(blob: bytes) -> int:
+    """The rest form's length, worked out here from the layout: its head, a bit for each byte of
+    the packed head and ring counts, those of them that are not zero (first_ts and decayed_ts
+    taken xor last_ts, last_pop_ts and applied_offset plus one; last_ts, status and tier are in
+    the form's head), then the rings as they are."""
+    first, last, decayed, last_pop, applied = (int.from_bytes(blob[k:k + 8], "little") for k in (1, 9, 17, 25, 49))
+    elided = bytearray(blob[:F.PACKED_MIN])
+    for at, v in ((1, first ^ last), (17, decayed ^ last), (25, (last_pop + 1) % 2**64), (49, (applied + 1) % 2**64)):
+        elided[at:at + 8] = v.to_bytes(8, "little")
+    for at in (*range(9, 17), 84, 86):
+        elided[at] = 0
+    return K.REST_HEAD + (len(elided) + 7) // 8 + len(elided) - elided.count(0) + len(blob) - len(elided)
+
+
+@pytest.mark.parametrize("calls", [0, 1, 3, 20, 137])
+def test_a_number_at_rest_is_held_without_its_zero_bytes_and_given_back_exactly(fc, calls):
+    st = _busy_state(fc, calls) if calls else NumberState(T0)
+    st.status, st.tier = 1, -1  # read from the rest form's head by the sweeps
+    store = F.NumberStore()
+    for name, blob in (("v3", st.pack()), ("v2", _pack_v2(st))):
+        store.put_packed(name, blob)
+        assert store.packed(name) == blob  # exactly what was put to rest, whatever its version
+        form = store.cold[name]
+        assert len(form) == _rest_form_size(blob)  # no zero byte of the head is held
+        if calls <= 3 and name == "v3":
+            assert len(form) < 0.8 * len(blob)  # a number seen a few times: mostly zeros
+        assert store.get(name).to_dict() == st.to_dict()
+    assert sorted(store.scan()) == [("v2", st.last_ts, 1, -1), ("v3", st.last_ts, 1, -1)]
+    store.rest(st.last_ts + 1)  # from rows back to rest
+    assert {m: store.packed(m) for m in ("v2", "v3")} == {"v2": st.pack(), "v3": st.pack()}
+    assert store.idle(st.last_ts + 1) == []  # suspended
+    store["v3"].status = 0
+    store.rest(st.last_ts + 1)
+    assert store.idle(st.last_ts + 1) == ["v3"] and store.idle(st.last_ts) == []
+
+
+def test_the_rest_form_round_trips_any_bytes():
+    rng = np.random.default_rng(5)
+    buf, out = np.zeros(K.REST_MAX, np.uint8), np.zeros(K.PACKED_MAX_V3, np.uint8)
+    for n in (F.PACKED_MIN, 300, F.PACKED_SIZE_V2, F.PACKED_MAX):
+        for density in (0.0, 0.1, 0.5, 1.0):
+            src = (rng.integers(1, 256, n) * (rng.random(n) < density)).astype(np.uint8)
+            for given in (src.tobytes(), src):  # a packed state, or a row packed into a buffer
+                m = K.to_rest(given, n, buf)
+                assert m <= K.REST_MAX
+                assert K.from_rest(buf[:m].tobytes(), out) == n
+                assert out[:n].tobytes() == src.tobytes()
 
 
 @pytest.mark.parametrize("version", [4, 0, None, "3"])
