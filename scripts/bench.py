@@ -1151,6 +1151,61 @@ def hwm_bytes() -> int:
     return 0
 
 
+def _pymalloc_stats() -> dict:
+    """pymalloc's arenas, as `sys._debugmallocstats()` prints them to fd 2 (bytes)."""
+    import re
+    import tempfile
+
+    with tempfile.TemporaryFile(mode="w+b") as f:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            os.dup2(f.fileno(), 2)
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        f.seek(0)
+        text = f.read().decode(errors="replace")
+    out = {}
+    for key, pat in (("arenas", r"# arenas allocated current\s*=\s*([\d,]+)"),
+                     ("allocated_blocks", r"# bytes in allocated blocks\s*=\s*([\d,]+)"),
+                     ("available_blocks", r"# bytes in available blocks\s*=\s*([\d,]+)"),
+                     ("unused_pools", r"unused pools \* \d+ bytes\s*=\s*([\d,]+)")):
+        hit = re.search(pat, text)
+        if hit:
+            out[key] = int(hit.group(1).replace(",", ""))
+    if "arenas" in out:
+        out["arena_bytes"] = out["arenas"] * 1048576
+    return out
+
+
+def allocator_report() -> dict:
+    """Where the process's memory sits: glibc's heap (`mallinfo2`: in use, free inside the heap,
+    mmapped) and pymalloc's arenas; then RSS after `malloc_trim(0)` hands glibc's free pages back.
+    A diagnostic of the memory run: the figure it reports is the RSS before the trim."""
+    import ctypes
+
+    out: dict = {"pymalloc": _pymalloc_stats()}
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+
+        class Mallinfo2(ctypes.Structure):
+            _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                      "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+        libc.mallinfo2.restype = Mallinfo2
+        mi = libc.mallinfo2()
+        out["glibc"] = {"heap": mi.arena, "in_use": mi.uordblks, "free_in_heap": mi.fordblks,
+                        "mmapped": mi.hblkhd, "mmapped_chunks": mi.hblks, "top_releasable": mi.keepcost}
+        before = rss_bytes()
+        libc.malloc_trim(0)
+        out["rss_before_trim"], out["rss_after_trim"] = before, rss_bytes()
+    except (OSError, AttributeError) as e:  # not glibc, or before 2.33
+        out["glibc"] = {"error": str(e)}
+    return out
+
+
 def deep_size(root, seen_str: set, count_seen: bool = True) -> int:
     """sys.getsizeof of root and everything it holds (containers, __slots__/__dict__ objects);
     cached small ints, None and bools are free; a str is counted once across calls (seen_str)."""
@@ -1336,7 +1391,7 @@ def memory_worker(args) -> None:
                     "enricher_keys": {name: len(v) for name, v in vars(enr).items() if isinstance(v, (dict, set, list))}},
            "changelog_value_bytes": {"mean": statistics.fmean(changelog), "p50": pct(changelog, 0.5),
                                      "p99": pct(changelog, 0.99), "max": max(changelog), "key": len(b"n:") + 11},
-           "profile_bytes": profile_bytes}
+           "profile_bytes": profile_bytes, "allocator": allocator_report()}
     print("RESULT " + json.dumps(out), flush=True)
 
 
