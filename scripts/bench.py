@@ -1171,12 +1171,11 @@ def _pymalloc_stats() -> dict:
     for key, pat in (("arenas", r"# arenas allocated current\s*=\s*([\d,]+)"),
                      ("allocated_blocks", r"# bytes in allocated blocks\s*=\s*([\d,]+)"),
                      ("available_blocks", r"# bytes in available blocks\s*=\s*([\d,]+)"),
-                     ("unused_pools", r"unused pools \* \d+ bytes\s*=\s*([\d,]+)")):
+                     ("unused_pools", r"unused pools \* \d+ bytes\s*=\s*([\d,]+)"),
+                     ("arena_bytes", r"arenas \* \d+ bytes/arena\s*=\s*([\d,]+)")):
         hit = re.search(pat, text)
         if hit:
             out[key] = int(hit.group(1).replace(",", ""))
-    if "arenas" in out:
-        out["arena_bytes"] = out["arenas"] * 1048576
     return out
 
 
