@@ -1,7 +1,10 @@
 """detector/features.py (and the cross-number Enricher of core.py): small cases computed by hand."""
 from __future__ import annotations
 
+import gc
+import mmap
 import random
+import weakref
 
 import numpy as np
 import orjson
@@ -434,6 +437,27 @@ def test_number_store_holds_states_in_rows_or_at_rest_and_reuses_freed_rows(fc):
     del store["c"]  # at rest
     assert len(store) == 1 and store.get("a") is None and store.packed("c") is None
     assert [m for m, *_ in store.scan()] == ["d"]
+
+
+def test_a_dropped_chunk_gives_its_memory_back_to_the_system(fc):
+    """Each chunk is an anonymous mapping of its own, unmapped when compact drops it, so a
+    peak of numbers in use leaves no resident hole in the heap (docs/benchmarks.md, 10 M)."""
+    class Store(F.NumberStore):
+        CHUNK = 3
+
+    store = Store()
+    for k in range(7):
+        store.new(f"n{k}", T0 + k)
+    assert len(store._chunks) == 3
+    mappings = [weakref.ref(rows.base.obj) for rows in store._chunks]
+    assert all(isinstance(m(), mmap.mmap) for m in mappings)
+    assert all(rows.flags.writeable and (rows["version"] == 2).all() for rows in store._chunks)
+    store.new("n0", T0 + DAY)  # the one number still in use after the sweep below
+    want = store["n0"].to_dict()
+    assert store.rest(T0 + 10) == 6 and len(store._chunks) == 1
+    gc.collect()
+    assert mappings[0]() is not None and mappings[1]() is None and mappings[2]() is None
+    assert store["n0"].to_dict() == want and store["n5"].to_dict() == NumberState(T0 + 5).to_dict()
 
 
 def _rest_form_size(blob: bytes) -> int:
