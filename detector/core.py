@@ -104,7 +104,7 @@ class Engine:
         rows, i = st._rows, st._i
 
         if rec.direction == "MT":
-            if K.mt_step(rows, i, *F.mt_inputs(rec), handset_lines, cell_lines, id_hash, offset):
+            if K.mt_step_call(rows, i, *F.mt_inputs(rec), handset_lines, cell_lines, id_hash, offset):
                 # a suspended line keeps being scored, so it can be restored
                 return self._review_suspended(st, rec, self.profiles.get(rec.msisdn), handset_lines, cell_lines)
             return []  # (the profile is not looked up: in a large table that is a cache miss)
@@ -117,7 +117,7 @@ class Engine:
         model = self.model
         kmodel = model.kernel_model()
         buf = self._buf
-        answer, score = K.mo_step(
+        answer, score = K.mo_step_call(
             rows, i, *F.mo_inputs(rec, home, self.fc), handset_lines, cell_lines, *pin, rec.ts - self.start_ts,
             self.min_calls, model.population_min_calls, model.population_interval_ms, self.cleared_memory_ms,
             buf, kmodel, id_hash, offset)
@@ -129,7 +129,7 @@ class Engine:
             if st.n_mo < self.min_calls:
                 return []
             # scored with the typical values as they are now that this line has fed them
-            score = K.score_active(rows, i, rec.ts, self.cleared_memory_ms, buf, model.kernel_model())
+            score = K.score_active_call(rows, i, rec.ts, self.cleared_memory_ms, buf, model.kernel_model())
         if answer == K.SUSPENDED:
             return self._review_suspended(st, rec, profile, handset_lines, cell_lines,
                                           (buf[0], buf[1], F.tenure_days(profile, rec.ts)))
@@ -459,7 +459,7 @@ class Detector:
         self.last_score = None
         id_hash = hash64(rec.record_id)
         if st is not None:
-            verdict, status = K.admit(st._rows, st._i, offset, rec.ts, self.lateness_ms, id_hash)
+            verdict, status = K.admit_call(st._rows, st._i, offset, rec.ts, self.lateness_ms, id_hash)
             if verdict == K.DUPLICATE_OFFSET or verdict == K.DUPLICATE_ID:
                 # replayed after a crash (already folded in), or a repeat that must not count twice
                 # on the shared indexes either

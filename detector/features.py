@@ -146,7 +146,7 @@ def _at_rest(blob: bytes) -> bytes:
 
 def _from_rest(form: bytes) -> bytes:
     """The packed state, exactly as it was put to rest."""
-    return _UNREST_BUF[:K.from_rest(form, _UNREST_BUF)].tobytes()
+    return _UNREST_BUF[:K.from_rest_call(form, _UNREST_BUF)].tobytes()
 STATE_FIELDS = K.STATE.names[1:]  # every field of a row but the version byte
 assert STATE_FIELDS[:len(_SCALARS)] == _SCALARS  # the row is the packed head, field for field
 _SCALAR_FIELDS = tuple(n for n in STATE_FIELDS if K.STATE.fields[n][0].shape == ())

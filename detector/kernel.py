@@ -399,7 +399,7 @@ def _pack_v3(u8, i, out, layout):
 def pack_v3(u8, i, out) -> int:
     """Row i (of the rows `u8` views as bytes) packed into `out` (at least PACKED_MAX_V3 bytes);
     returns the length. One call per changed number at each commit, instead of ~2 µs of slicing."""
-    return _pack_v3(u8, i, out, _RING_LAYOUT)
+    return _pack_v3_call(u8, i, out, _RING_LAYOUT)
 
 
 # -- the rest form: a number at rest, held in memory with its zero bytes left out ---------------
@@ -629,3 +629,30 @@ def mo_step(rows, i, ts, peer_h, imei_h, province_id, out_of_province, intl, pre
     if status:
         return SUSPENDED, 0.0
     return SCORED, score_active(rows, i, ts, cleared_memory_ms, buf, model)
+
+
+# -- the hot calls, straight into the compiled code ---------------------------------------------
+def entry_point(fn):
+    """`fn`'s compiled code, called without numba's dispatcher; `fn` itself where there is none
+    (NUMBA_DISABLE_JIT=1, or a function not compiled for exactly one signature).
+
+    Every function here is compiled eagerly for one signature, so the dispatcher's work per call
+    (typing each argument to pick an overload, ~0.3 µs for a row array alone) picks the same code
+    every time; for the calls made once or twice per record it was ~5% of the core. The entry
+    point still converts and checks each argument as the signature says (an array of another
+    dtype or a string where an int belongs raises), but does not refuse what converts: a float
+    for an int is truncated, and a strided array passes for a contiguous one. So it is for
+    callers whose arguments are the store's own row chunks and ints, as `core.py` passes them."""
+    overloads = getattr(fn, "overloads", None)
+    if not overloads or len(overloads) != 1:
+        return fn
+    compiled = getattr(next(iter(overloads.values())), "entry_point", None)
+    return compiled if callable(compiled) else fn
+
+
+admit_call = entry_point(admit)
+mt_step_call = entry_point(mt_step)
+mo_step_call = entry_point(mo_step)
+score_active_call = entry_point(score_active)
+_pack_v3_call = entry_point(_pack_v3)
+from_rest_call = entry_point(from_rest)

@@ -76,3 +76,32 @@ def test_the_compiled_packer_writes_exactly_what_from_v2_writes():
         u8[i * K.STATE.itemsize:(i + 1) * K.STATE.itemsize] = row
         n = K.pack_v3(u8, i, out)
         assert out[:n].tobytes() == F._from_v2(row.tobytes())
+
+
+HOT_CALLS = ("admit", "mt_step", "mo_step", "score_active", "_pack_v3", "from_rest")
+
+
+@pytest.mark.parametrize("name", HOT_CALLS)
+def test_the_hot_calls_skip_the_dispatcher_but_run_its_compiled_code(name):
+    dispatcher, call = getattr(K, name), getattr(K, name + "_call")
+    if not hasattr(dispatcher, "overloads"):  # NUMBA_DISABLE_JIT=1: plain Python, nothing to skip
+        assert call is dispatcher
+        return
+    assert call is not dispatcher
+    assert call is next(iter(dispatcher.overloads.values())).entry_point
+
+
+def test_a_hot_call_answers_as_its_dispatcher_does_and_refuses_a_foreign_array():
+    a, b = F.NumberStore(), F.NumberStore()
+    sa, sb = a.new("13800000000", 1_800_000_000_000), b.new("13800000000", 1_800_000_000_000)
+    for k, ts in enumerate(range(1_800_000_000_000, 1_800_000_600_000, 60_000)):
+        admits = [f(st._rows, st._i, k, ts, 3_600_000, 7 + k) for f, st in ((K.admit, sa), (K.admit_call, sb))]
+        assert admits[0] == admits[1] == (K.ADMIT, 0)
+        args = (ts, 1000 + k % 3, 77, 5, 0, 7 + k, k)
+        assert K.mt_step(sa._rows, sa._i, *args) == K.mt_step_call(sb._rows, sb._i, *args)
+        again = [f(st._rows, st._i, -1, ts, 3_600_000, 7 + k) for f, st in ((K.admit, sa), (K.admit_call, sb))]
+        assert again[0] == again[1] == (K.DUPLICATE_ID, 0)  # the id admit remembered
+    assert sa.row_bytes() == sb.row_bytes()
+    if K.admit_call is not K.admit:
+        with pytest.raises(TypeError):  # a row of another layout is refused, not misread
+            K.admit_call(np.zeros(4), 0, -1, 0, 0, 1)
