@@ -638,11 +638,12 @@ def entry_point(fn):
 
     Every function here is compiled eagerly for one signature, so the dispatcher's work per call
     (typing each argument to pick an overload, ~0.3 µs for a row array alone) picks the same code
-    every time; for the calls made once or twice per record it was ~5% of the core. The entry
+    every time; for the calls made once or twice per record it was ~10% of the core. The entry
     point still converts and checks each argument as the signature says (an array of another
     dtype or a string where an int belongs raises), but does not refuse what converts: a float
     for an int is truncated, and a strided array passes for a contiguous one. So it is for
-    callers whose arguments are the store's own row chunks and ints, as `core.py` passes them."""
+    callers whose arguments are the store's own row chunks and ints, as `core.py` and
+    `features.py` pass them."""
     overloads = getattr(fn, "overloads", None)
     if not overloads or len(overloads) != 1:
         return fn
