@@ -880,3 +880,27 @@ def test_applying_every_published_record_gives_the_writers_tables():
             assert state.apply_shared(reader, b"w|2", orjson.dumps({"v": 1, "wm": ts})) == (2, ts)
     assert reader.handsets == writer.handsets and reader.cells == writer.cells
     assert state.apply_shared(reader, b"w|2", None) is None  # a watermark's tombstone: nothing to do
+
+
+# -- a record as the kernel takes it ---------------------------------------------------------------
+def test_mo_inputs_reads_each_field_of_the_record_by_its_name(fc):
+    """`mo_inputs` unpacks the record positionally (it runs for every outgoing record): each value
+    must still come from the field it is named after, whatever the contract's order."""
+    import zlib
+    from detector.contract import CDR, province
+
+    night_hour_utc = (fc.night_lo - fc.utc_offset_h) % 24 + 0.5  # inside the night, local time
+    ts = T0 - T0 % DAY + int(night_hour_utc * HOUR)
+    rec = CDR(record_id="r-1", ts=ts, msisdn=ME, direction="MO", peer="8613900000002", service="voice",
+              duration_s=37, answered=False, cell_id="c-9", cell_region="BJ-01", peer_region="INTL-44",
+              imei="356000000000001")
+    got = F.mo_inputs(rec, HOME_PROVINCE, fc)
+    prov = province("INTL-44")
+    assert got == (ts, zlib.crc32(b"8613900000002"), F.hash64("356000000000001"), F.province_id(prov), True, True,
+                   "44" in fc.premium_destinations, True, False, 37, True, fc.alpha, fc.short_call_s)
+    day = rec._replace(ts=ts + 12 * HOUR, service="sms", answered=True, imei="", peer_region="GD-SZ")
+    got = F.mo_inputs(day, HOME_PROVINCE, fc)
+    assert got[:3] == (ts + 12 * HOUR, zlib.crc32(b"8613900000002"), 0)
+    assert got[3:11] == (F.province_id("GD"), False, False, False, False, True, 37, False)
+    assert F.mt_inputs(rec._replace(direction="MT")) == (ts, zlib.crc32(b"8613900000002"),
+                                                          F.hash64("356000000000001"))
