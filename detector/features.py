@@ -420,8 +420,9 @@ class NumberStore:
     the number is forgotten or put to rest; a freed row goes to the next number that needs one.
     The engine puts numbers idle for a while to rest (`rest`, at its hourly sweep): a carrier
     tracks tens of millions of numbers, most of them silent at any hour, and only the active
-    ones need a row. Their next record takes a row again (~2 µs). Packing is lossless, so where a
-    state is held never changes a decision."""
+    ones need a row. Their next record takes a row again (~1.5 µs, most of it one compiled call,
+    `kernel.rest_into_row`). Packing is lossless, so where a state is held never changes a
+    decision."""
 
     CHUNK = 1 << 14
 
@@ -482,9 +483,13 @@ class NumberStore:
         form = self.cold.pop(msisdn, None)
         if form is None:
             return default
-        st = self._state(self._allocate(msisdn))  # back in use
-        st._load(_to_v2(_from_rest(form)))
-        return st
+        r = self._allocate(msisdn)  # back in use
+        c, i = divmod(r, self.CHUNK)
+        if not K.rest_into_row(form, self._views[c]["_u8"], i):
+            self.cold[msisdn] = form  # (as it was: nothing of it is lost)
+            self._release(msisdn)
+            raise ValueError(f"number state at rest: not a whole packed state ({len(form)} bytes)")
+        return self._state(r)
 
     def __getitem__(self, msisdn: str) -> NumberState:
         st = self.get(msisdn)

@@ -512,6 +512,62 @@ def from_rest(src, out):
     return n
 
 
+@nb.njit(_I(T.uint8[::1], _I, T.uint8[::1], _I, T.int64[:, ::1]), **_JIT)
+def _packed_into_row(src, n, u8, i, layout):
+    """The packed state src[:n] (version 2, or version 3 with its rings cut) written over row i
+    of the rows `u8` views as bytes, as the row's version-2 bytes; 0, or -1 (row untouched) when
+    src[:n] is not a whole packed state (what `features.check_packed` refuses)."""
+    base = i * _ROW_BYTES
+    if n == _ROW_BYTES and src[0] == 2:
+        for k in range(_ROW_BYTES):
+            u8[base + k] = src[k]
+        return 0
+    if n < V2_RINGS_AT + 4 or src[0] != PACK_V3:
+        return -1
+    total = V2_RINGS_AT + 4
+    for r in range(4):
+        count = src[V2_RINGS_AT + r]
+        if count > layout[r, 2]:
+            return -1
+        total += count * layout[r, 1]
+    if total != n:
+        return -1
+    u8[base] = 2
+    for k in range(1, V2_RINGS_AT):
+        u8[base + k] = src[k]
+    pos = V2_RINGS_AT + 4
+    for r in range(4):
+        off = base + layout[r, 0]
+        kept = src[V2_RINGS_AT + r] * layout[r, 1]
+        for k in range(kept):
+            u8[off + k] = src[pos + k]
+        for k in range(kept, layout[r, 1] * layout[r, 2]):
+            u8[off + k] = 0  # the zero tail `pack_v3` cut
+        pos += kept
+    return 0
+
+
+@nb.njit(_I(_BYTES, T.uint8[::1], _I, T.uint8[::1], T.int64[:, ::1]), **_JIT)
+def _rest_into_row(src, u8, i, tmp, layout):
+    if len(src) < REST_HEAD:
+        return -1
+    n = src[10] | (np.int64(src[11]) << 8)  # the packed length, from the rest form's head
+    if n > tmp.size:
+        return -1
+    return _packed_into_row(tmp, from_rest(src, tmp), u8, i, layout)
+
+
+_REST_INTO_ROW_TMP = np.zeros(PACKED_MAX_V3, dtype=np.uint8)  # (one thread wakes numbers)
+
+
+def rest_into_row(form, u8, i) -> bool:
+    """A number's rest form written straight over row i of the rows `u8` views as bytes, as
+    `features` had it before it went to rest: one compiled call where a number coming back from
+    rest took three steps and two temporary bytes objects (~3.7 µs). False, and the row
+    untouched, when the form does not hold a whole packed state."""
+    return _rest_into_row_call(form, u8, i, _REST_INTO_ROW_TMP, _RING_LAYOUT) == 0
+
+
 # -- one record, fused: what the engine calls per record ----------------------------------------
 # (one call into compiled code per record instead of several; each step is the function above)
 
@@ -657,3 +713,4 @@ mo_step_call = entry_point(mo_step)
 score_active_call = entry_point(score_active)
 _pack_v3_call = entry_point(_pack_v3)
 from_rest_call = entry_point(from_rest)
+_rest_into_row_call = entry_point(_rest_into_row)

@@ -904,3 +904,65 @@ def test_mo_inputs_reads_each_field_of_the_record_by_its_name(fc):
     assert got[3:11] == (F.province_id("GD"), False, False, False, False, True, 37, False)
     assert F.mt_inputs(rec._replace(direction="MT")) == (ts, zlib.crc32(b"8613900000002"),
                                                           F.hash64("356000000000001"))
+
+
+def _random_rows(rng, n: int) -> np.ndarray:
+    """Rows of random bytes, each ring cut to a random length (a zero tail) with zero items left
+    inside some: what `pack_v3` trims and what coming back from rest must restore."""
+    rows = F._new_rows(n)
+    u8 = rows.view(np.uint8).reshape(n, -1)
+    u8[:, 1:] = rng.integers(0, 256, (n, u8.shape[1] - 1)) * (rng.random((n, u8.shape[1] - 1)) < 0.7)
+    for name, size in (("contacts", CONTACTS), ("provinces", PROVINCE_RING), ("recent_ids", K.RECENT_IDS),
+                       ("contact_flags", CONTACTS)):
+        for r in range(n):
+            rows[name][r][rng.integers(0, size + 1):] = 0
+    return rows
+
+
+def test_a_number_back_from_rest_is_written_into_its_row_exactly_as_unpacked_step_by_step():
+    rng = np.random.default_rng(11)
+    rows = _random_rows(rng, 300)
+    src = rows.view(np.uint8)
+    packed, rest = np.zeros(K.PACKED_MAX_V3, np.uint8), np.zeros(K.REST_MAX, np.uint8)
+    target = F._new_rows(4)
+    u8 = target.view(np.uint8)
+    for r in range(len(rows)):
+        v2 = src[r * F.PACKED_SIZE_V2:(r + 1) * F.PACKED_SIZE_V2].tobytes()
+        for blob in (packed[:K.pack_v3(src, r, packed)].tobytes(), v2):  # version 3 (rings cut), version 2
+            form = rest[:K.to_rest(blob, len(blob), rest)].tobytes()
+            target[2] = rows[(r + 1) % len(rows)]  # whatever the row held before
+            others = target[[0, 1, 3]].tobytes()
+            assert K.rest_into_row(form, u8, 2)
+            assert target[2].tobytes() == F._to_v2(F._from_rest(form)) == v2
+            assert target[[0, 1, 3]].tobytes() == others  # no other row touched
+
+
+def test_a_rest_form_that_holds_no_whole_state_is_refused_and_the_row_left_alone(fc):
+    good = _busy_state(fc, 20).pack()
+    rest = np.zeros(K.REST_MAX, np.uint8)
+
+    def form_of(blob: bytes) -> bytes:
+        return rest[:K.to_rest(blob, len(blob), rest)].tobytes()
+
+    nc_at = F._RINGS_AT
+    too_many = bytearray(good)
+    too_many[nc_at] = CONTACTS + 1  # more contacts than the ring holds
+    wrong_total = bytearray(good)
+    wrong_total[nc_at + 1] ^= 1  # ring counts that do not add up to the length
+    bad_version = bytearray(good)
+    bad_version[0] = 7
+    target = F._new_rows(2)
+    target[1] = NumberState(T0)._rows[0]
+    before = target.tobytes()
+    for form in (form_of(bytes(too_many)), form_of(bytes(wrong_total)), form_of(bytes(bad_version)),
+                 form_of(good[:-1]), form_of(good)[:K.REST_HEAD - 1],
+                 form_of(good)[:10] + (K.PACKED_MAX_V3 + 1).to_bytes(2, "little") + form_of(good)[12:]):
+        assert not K.rest_into_row(form, target.view(np.uint8), 1)
+        assert target.tobytes() == before
+    store = F.NumberStore()
+    store.cold["x"] = form_of(bytes(too_many))
+    with pytest.raises(ValueError, match="not a whole packed state"):
+        store.get("x")
+    assert store.cold["x"] == form_of(bytes(too_many)) and "x" not in store.rows and store._free == [0]
+    store.cold["y"] = form_of(good)
+    assert store.get("y").to_dict() == NumberState.unpack(good).to_dict() and store.rows == {"y": 0}
