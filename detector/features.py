@@ -136,12 +136,6 @@ _UNREST_BUF = np.zeros(PACKED_MAX, dtype=np.uint8)
 _PEEK_REST = struct.Struct("<qBb")  # the rest form's head: last_ts, status, tier
 
 
-def _row_at_rest(u8: np.ndarray, i: int) -> bytes:
-    """Row i packed (version 3), in the rest form (`kernel.to_rest`)."""
-    n = K.pack_v3(u8, i, _PACK_BUF)
-    return _REST_BUF[:K.to_rest(_PACK_BUF, n, _REST_BUF)].tobytes()
-
-
 def _at_rest(blob: bytes) -> bytes:
     """A checked packed state (v2 or v3) in the rest form."""
     return _REST_BUF[:K.to_rest(blob, len(blob), _REST_BUF)].tobytes()
@@ -449,9 +443,13 @@ class NumberStore:
         return r
 
     def _release(self, msisdn: str) -> None:
-        r = self.rows.pop(msisdn)
-        c, i = divmod(r, self.CHUNK)
+        c, i = divmod(self.rows[msisdn], self.CHUNK)
         self._chunks[c][i] = _BLANK  # a freed row holds nothing of the number it held
+        self._free_row(msisdn)
+
+    def _free_row(self, msisdn: str) -> None:
+        """A number's row, blanked already, back to the free ones."""
+        r = self.rows.pop(msisdn)
         self._owner[r] = None
         self._free.append(r)
 
@@ -581,10 +579,11 @@ class NumberStore:
         quiet = self._in_rows(horizon, active_only=False)
         cold = self.cold
         views = self._views
+        form = _REST_BUF
         for m in quiet:
             c, i = divmod(self.rows[m], self.CHUNK)
-            cold[m] = _row_at_rest(views[c]["_u8"], i)
-            self._release(m)
+            cold[m] = form[:K.row_to_rest(views[c]["_u8"], i, form)].tobytes()  # (and the row blanked)
+            self._free_row(m)
         if len(self._free) >= self.CHUNK:
             self.compact()
         return len(quiet)

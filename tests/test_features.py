@@ -966,3 +966,18 @@ def test_a_rest_form_that_holds_no_whole_state_is_refused_and_the_row_left_alone
     assert store.cold["x"] == form_of(bytes(too_many)) and "x" not in store.rows and store._free == [0]
     store.cold["y"] = form_of(good)
     assert store.get("y").to_dict() == NumberState.unpack(good).to_dict() and store.rows == {"y": 0}
+
+
+def test_a_row_put_to_rest_is_the_rest_form_of_its_packed_state_and_is_left_blank():
+    rng = np.random.default_rng(13)
+    rows = _random_rows(rng, 300)
+    u8 = rows.view(np.uint8)
+    packed, by_steps, form = (np.zeros(K.REST_MAX, np.uint8) for _ in range(3))
+    blank = F._new_rows(1).tobytes()
+    for r in range(len(rows)):
+        m = K.to_rest(packed, K.pack_v3(u8, r, packed), by_steps)
+        others, held = np.delete(rows, r).tobytes(), rows[r].tobytes()
+        assert K.row_to_rest(u8, r, form) == m
+        assert form[:m].tobytes() == by_steps[:m].tobytes()
+        assert rows[r].tobytes() == blank and np.delete(rows, r).tobytes() == others  # only this row blanked
+        assert K.rest_into_row(form[:m].tobytes(), u8, r) and rows[r].tobytes() == held  # and back, exactly
