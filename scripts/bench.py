@@ -4,6 +4,7 @@
     .venv/bin/python scripts/bench.py [--json FILE] [--cpu N] core      [--records 1000000] [--profile-records 300000]
     .venv/bin/python scripts/bench.py [--json FILE] [--cpu N] backtest  [--hours 25]
     .venv/bin/python scripts/bench.py [--json FILE] [--cpu N] daemon-work [--records 300000]
+    .venv/bin/python scripts/bench.py [--json FILE] [--cpu N] rest-cycle [--records 400000]
     .venv/bin/python scripts/bench.py [--json FILE]           e2e       [--records 300000] [--live-seconds 60] [--profile-daemon]
     .venv/bin/python scripts/bench.py [--json FILE]           memory    [--numbers 1000000 10000000] [--per-number 3]
     .venv/bin/python scripts/bench.py [--json FILE] [--cpu N] all
@@ -18,6 +19,11 @@ daemon-work  what `cdr-detector run` does per record besides talking to Kafka, o
           the raw bytes, process them (Pipeline.process_at, with metrics), and at each simulated
           commit (every --commit-records) pack the changed states and encode the changed shared
           pairs as the changelog and shared topic take them. The e2e rate cannot exceed it.
+rest-cycle  per number, what putting the numbers in use to rest costs (the hourly sweep, which
+          holds up the record that triggers it) and what bringing one back costs (its next record
+          after a day's silence, and every number's first record after a restart): a generated
+          stream fed through the core, then every number put to rest and taken back, --repeat
+          times; checked lossless.
 e2e       (needs the local broker: scripts/kafka-local.sh start) fresh topics and group; the file
           is replayed at max rate, then `cdr-detector run` drains it (records/s and lag over time
           from its /metrics); a plain consumer of the chosen backend (--consumer-backend) over
@@ -518,6 +524,39 @@ def bench_daemon_work(args, cfg: dict, m: dict) -> dict:
 
 # ------------------------------------------------------------------------------------------------
 # backtest
+
+def bench_rest_cycle(args, cfg: dict, m: dict) -> dict:
+    header("rest-cycle", m)
+    pinned = pin(args.cpu)
+    spec = GeneratorSpec(subscribers=args.subscribers, hours=args.hours, seed=args.seed)
+    recs = [parse_cdr(r) for r in itertools.islice(generate_records(spec), args.records)]
+    det = Detector(cfg)
+    for rec in recs:
+        det.on_record(rec)
+    stores = [eng.numbers for eng in det.engines.values()]
+    before = {m: s.packed(m) for s in stores for m in s.rows}
+    del recs
+    gc.collect()
+    to_rest, back = [], []
+    for _ in range(args.repeat):
+        wait_quiet(WAIT["threshold"], WAIT["max_s"])
+        t0 = time.perf_counter()
+        n = sum(s.rest(1 << 62) for s in stores)  # every number in use, as the sweep does the quiet ones
+        t1 = time.perf_counter()
+        for s in stores:
+            for msisdn in list(s.cold):
+                s.get(msisdn)  # back in a row, as its next record takes it
+        t2 = time.perf_counter()
+        to_rest.append((t1 - t0) / n * 1e9)
+        back.append((t2 - t1) / n * 1e9)
+    lossless = all(s.packed(m) == before[m] for s in stores for m in s.rows) and len(before) == n
+    print(table([("to rest (NumberStore.rest, per number)", f"{min(to_rest):,.0f} ns", f"{max(to_rest):,.0f} ns"),
+                 ("back from rest (NumberStore.get)", f"{min(back):,.0f} ns", f"{max(back):,.0f} ns")],
+                ("per number", "best", "worst")))
+    print(f"{n:,} numbers in use, {args.repeat} round(s); {pinned}; every state given back exactly: {lossless}")
+    return {"numbers": n, "rounds": args.repeat, "to_rest_ns": min(to_rest), "back_from_rest_ns": min(back),
+            "to_rest_ns_all": to_rest, "back_from_rest_ns_all": back, "lossless": lossless, "pinned": pinned}
+
 
 def bench_backtest(args, cfg: dict, m: dict) -> dict:
     header("backtest", m)
@@ -1545,6 +1584,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "(the daemon commits every second: about its drain rate)")
     p.add_argument("--repeat", type=int, default=1, help="passes; the best is reported")
 
+    p = sub.add_parser("rest-cycle", help="per number: to rest (the hourly sweep) and back (its next record)")
+    p.add_argument("--records", type=int, default=400_000)
+    p.add_argument("--subscribers", type=int, default=40_000)
+    p.add_argument("--hours", type=float, default=24.0)
+    p.add_argument("--seed", type=int, default=3)
+    p.add_argument("--repeat", type=int, default=5, help="rounds; the best and the worst are reported")
+
     p = sub.add_parser("e2e", help="Kafka in, cdr-detector run, Kafka out (needs the local broker)")
     p.add_argument("--subscribers", type=int, default=100_000)
     p.add_argument("--hours", type=float, default=25.0)
@@ -1603,7 +1649,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in todo:
         sargs = ap.parse_args([f"--cpu={args.cpu}", f"--wait-max={args.wait_max}", name]) if args.what == "all" else args
         fn = {"core": bench_core, "backtest": bench_backtest, "e2e": bench_e2e, "memory": bench_memory,
-              "daemon-work": bench_daemon_work}[name]
+              "daemon-work": bench_daemon_work, "rest-cycle": bench_rest_cycle}[name]
         t0 = time.monotonic()
         results[name] = fn(sargs, cfg, m)
         results[name]["seconds"] = round(time.monotonic() - t0, 1)
