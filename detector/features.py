@@ -61,13 +61,10 @@ def province_id(prov: str) -> int:
     return pid
 
 
-_crc32, _adler32 = zlib.crc32, zlib.adler32  # (bound once: these run several times a record)
-
-
 def hash64(text: str) -> int:
     """A non-zero 64-bit hash (crc32 and adler32 side by side): no practical collisions."""
     b = text.encode()
-    return ((_crc32(b) << 32) | _adler32(b)) or 1
+    return ((zlib.crc32(b) << 32) | zlib.adler32(b)) or 1
 
 
 # The packed form of a NumberState: what is written to the changelog and held for a number at
@@ -350,28 +347,19 @@ class FeatureConfig:
 
 def mt_inputs(rec: CDR) -> tuple:
     """An incoming record as `kernel.update_mt` takes it: time, peer and handset hashed."""
-    imei = rec.imei
-    return rec.ts, _crc32(rec.peer.encode()), hash64(imei) if imei else 0
+    return rec.ts, zlib.crc32(rec.peer.encode()), hash64(rec.imei) if rec.imei else 0
 
 
 def mo_inputs(rec: CDR, home_province: str, fc: FeatureConfig) -> tuple:
     """An outgoing record as `kernel.update_mo` takes it: its strings turned into numbers and
-    flags (peer and handset hashed, the destination's province, international, premium, night).
-    (It runs for every outgoing record: the record is unpacked once rather than read field by
-    field, and `hash64` and `destination`'s usual case are written out.)"""
-    _, ts, _, _, peer, service, duration_s, answered, _, _, peer_region, imei = rec
-    d = fc.destinations.get(peer_region)
-    if d is None:
-        d = fc.destination(peer_region)
-    prov, pid, intl, premium = d
+    flags (peer and handset hashed, the destination's province, international, premium, night)."""
+    prov, pid, intl, premium = fc.destination(rec.peer_region)
+    ts = rec.ts
     hour = ((ts / HOUR_MS) + fc.utc_offset_h) % 24
-    if imei:
-        b = imei.encode()
-        imei_h = ((_crc32(b) << 32) | _adler32(b)) or 1  # hash64(imei)
-    else:
-        imei_h = 0
-    return (ts, _crc32(peer.encode()), imei_h, pid, prov != home_province, intl, premium, service == "voice",
-            answered, duration_s, fc.night_lo <= hour < fc.night_hi, fc.alpha, fc.short_call_s)
+    imei = rec.imei
+    return (ts, zlib.crc32(rec.peer.encode()), hash64(imei) if imei else 0, pid, prov != home_province, intl,
+            premium, rec.service == "voice", rec.answered, rec.duration_s, fc.night_lo <= hour < fc.night_hi,
+            fc.alpha, fc.short_call_s)
 
 
 def update_mt(state: NumberState, rec: CDR) -> None:

@@ -884,8 +884,8 @@ def test_applying_every_published_record_gives_the_writers_tables():
 
 # -- a record as the kernel takes it ---------------------------------------------------------------
 def test_mo_inputs_reads_each_field_of_the_record_by_its_name(fc):
-    """`mo_inputs` unpacks the record positionally (it runs for every outgoing record): each value
-    must still come from the field it is named after, whatever the contract's order."""
+    """Each value `mo_inputs` (and `mt_inputs`) hands the kernel comes from the CDR field it is
+    named after: the kernel takes them positionally, so a mix-up would go unnoticed otherwise."""
     import zlib
     from detector.contract import CDR, province
 
