@@ -15,6 +15,7 @@ it, so every process gives the same answer as a single backtest.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from .contract import CDR
@@ -406,9 +407,10 @@ class Enricher:
         return [(kind, key, m, entry_of(kind, p), partition)
                 for (kind, key, m), (partition, p) in self.take_changes().items()]
 
-    def merge(self, kind: str, key: str, msisdn: str, entry: list | None) -> None:
+    def merge(self, kind: str, key: str, msisdn: str, entry: Sequence[int] | None) -> None:
         """OR another writer's view of a pair into ours (idempotent, order-free). Every daemon
-        merges every pair the others publish, so a pair that changes nothing is left alone."""
+        merges every pair the others publish, so a pair that changes nothing is left alone.
+        `entry` is only read: `state.apply_shared` hands the same decoded tuple to many merges."""
         if entry is None:
             return  # expiry is deterministic: our own sweep drops the same buckets
         if kind == "h":

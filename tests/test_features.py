@@ -882,6 +882,42 @@ def test_applying_every_published_record_gives_the_writers_tables():
     assert state.apply_shared(reader, b"w|2", None) is None  # a watermark's tombstone: nothing to do
 
 
+
+def test_a_pair_value_read_before_is_checked_against_its_key_every_time():
+    """`apply_shared` keeps values it decoded lately: one read under a cell key, where it holds two
+    masks, is still refused under a handset key, and a refused value is never kept."""
+    enr = Enricher(load_cfg())
+    two_masks = b'{"v":1,"b":7,"m":["1","2"]}'
+    assert state.apply_shared(enr, b"c|cell-1|13800000001", two_masks) is None
+    assert two_masks in state._PAIRS_READ
+    with pytest.raises(ValueError):
+        state.apply_shared(enr, b"h|8600000|13800000001", two_masks)
+    assert "8600000" not in enr.handsets
+    with pytest.raises(ValueError):
+        state.apply_shared(enr, b"h|8600000|13800000001", b'{"v":1,"b":1,"m":["xyz"]}')
+    assert b'{"v":1,"b":1,"m":["xyz"]}' not in state._PAIRS_READ
+    with pytest.raises(ValueError):
+        state.apply_shared(enr, b"h|8600000|13800000001", bytearray(b'{"v":1,"b":1,"m":["1"]}'))
+
+
+def test_the_pair_values_kept_stay_bounded_and_merge_as_decoded():
+    """However many distinct values stream past, at most `_PAIRS_READ_MAX` are kept, and a reader
+    fed the same values twice over (the second time mostly from what was kept) ends as a reader
+    fed them once: merging is an OR, and a kept entry is the one `decode_pair` gives."""
+    rng = random.Random(11)
+    records = [(f"h|86{rng.randrange(50):05d}|1380000{rng.randrange(300):04d}".encode(),
+                state.encode_pair([rng.randrange(1000, 1100), rng.randrange(1, 1 << 40)]))
+               for _ in range(state._PAIRS_READ_MAX + 500)]
+    once, twice = Enricher(load_cfg()), Enricher(load_cfg())
+    for key, value in records:
+        state.apply_shared(once, key, value)
+        assert len(state._PAIRS_READ) <= state._PAIRS_READ_MAX
+    for key, value in records + records:
+        state.apply_shared(twice, key, value)
+    assert twice.handsets == once.handsets
+    for value, entry in state._PAIRS_READ.items():
+        assert list(entry) == state.decode_pair(value)
+
 # -- a record as the kernel takes it ---------------------------------------------------------------
 def test_mo_inputs_reads_each_field_of_the_record_by_its_name(fc):
     """Each value `mo_inputs` (and `mt_inputs`) hands the kernel comes from the CDR field it is
