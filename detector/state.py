@@ -121,7 +121,7 @@ _PAIR_FIELDS = {"h": 2, "c": 3}  # a handset pair is [base, mask], a cell pair [
 
 # Values read lately, decoded: a pair's value holds no number, only a bucket and its masks, and
 # most are one of a few thousand (this hour's bucket, one or two bits), so about two reads in three
-# are a dict lookup instead of `decode_pair` (which is half the cost of a merge). Emptied when full:
+# are a dict lookup instead of `decode_pair` (about a third of a merge's cost). Emptied when full:
 # a bound of ~1 MB, and no order to keep. Only what `decode_pair` accepted is kept, as tuples (the
 # same entry is handed to every merge, and none may change it).
 _PAIRS_READ: dict[bytes, tuple[int, ...]] = {}

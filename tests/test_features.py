@@ -882,7 +882,6 @@ def test_applying_every_published_record_gives_the_writers_tables():
     assert state.apply_shared(reader, b"w|2", None) is None  # a watermark's tombstone: nothing to do
 
 
-
 def test_a_pair_value_read_before_is_checked_against_its_key_every_time():
     """`apply_shared` keeps values it decoded lately: one read under a cell key, where it holds two
     masks, is still refused under a handset key, and a refused value is never kept."""
@@ -917,6 +916,7 @@ def test_the_pair_values_kept_stay_bounded_and_merge_as_decoded():
     assert twice.handsets == once.handsets
     for value, entry in state._PAIRS_READ.items():
         assert list(entry) == state.decode_pair(value)
+
 
 # -- a record as the kernel takes it ---------------------------------------------------------------
 def test_mo_inputs_reads_each_field_of_the_record_by_its_name(fc):
