@@ -133,6 +133,8 @@ def cmd_backtest(args) -> int:
           f"{pipeline.counts['invalid']:,} invalid, {pipeline.counts['duplicate']:,} duplicates; "
           f"{len(res.events):,} events → {args.out}")
     print("decisions: " + (", ".join(f"{a}/{t}/{m} {n}" for (a, t, m), n in sorted(pipeline.actions.items())) or "none"))
+    print(f"state: {pipeline.detector.numbers_tracked():,} numbers tracked, {len(pipeline.detector.enricher.handsets):,} "
+          f"handsets and {len(pipeline.detector.enricher.cells):,} cells indexed; peak RSS {_peak_rss_mib():,.0f} MiB")
     if pipeline.invalid:
         print("invalid by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(pipeline.invalid.items())))
     if args.labels:
@@ -142,6 +144,13 @@ def cmd_backtest(args) -> int:
             with open(args.json, "w") as f:
                 json.dump(report, f, indent=1)
     return 0
+
+
+def _peak_rss_mib() -> float:
+    """This process's peak resident memory (what sizing a backtest host needs)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def cmd_generate(args) -> int:

@@ -11,10 +11,14 @@ in plain Python where they are read. The formulas are the same floating-point op
 same order as the Python they replaced, so the decisions are bit for bit the same.
 
 A row's bytes are exactly a version-2 packed state (`features.PACKED_SIZE_V2`), so packing for
-the changelog is a copy and a trim. Set NUMBA_DISABLE_JIT=1 to step through this in a debugger.
+the changelog is a copy and a trim. Set NUMBA_DISABLE_JIT=1 to step through this in a debugger:
+it then runs as Python (rows as record arrays, `_with_record_rows`) and takes the same decisions,
+though a time-decayed count may differ in its last bit (numba's `pow` is not the C library's).
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import math
 
@@ -729,6 +733,28 @@ def entry_point(fn):
     compiled = getattr(next(iter(overloads.values())), "entry_point", None)
     return compiled if callable(compiled) else fn
 
+
+def _with_record_rows(fn):
+    """`fn` taking its `rows` as a record array (the same memory), for NUMBA_DISABLE_JIT=1.
+
+    numba reads a row's fields as attributes (`rows[i].decayed_ts`); run as plain Python, an
+    element of a structured array (`np.void`) has no such attributes, an element of a record
+    array (`np.record`) has them and writes through to the row."""
+    @functools.wraps(fn)
+    def call(rows, *args):
+        if type(rows) is np.ndarray:
+            rows = rows.view(np.recarray)
+        return fn(rows, *args)
+
+    return call
+
+
+if nb.config.DISABLE_JIT:  # (compiled, numba reads the fields itself: nothing is wrapped)
+    for _name, _fn in list(globals().items()):
+        if (inspect.isfunction(_fn) and _fn.__module__ == __name__
+                and next(iter(inspect.signature(_fn).parameters), None) == "rows"):
+            globals()[_name] = _with_record_rows(_fn)
+    del _name, _fn
 
 admit_call = entry_point(admit)
 mt_step_call = entry_point(mt_step)

@@ -48,6 +48,7 @@ import json
 import os
 import platform
 import pstats
+import re
 import shlex
 import signal
 import socket
@@ -636,7 +637,7 @@ def bench_backtest(args, cfg: dict, m: dict) -> dict:
     bt = {"command": " ".join(shlex.quote(c) for c in cmd), "wall_s": wall, "cpu_s": child_cpu,
           "records_per_s": n_expected / wall, "internal_loop_s": internal, "stdout_first_line": first,
           "decisions_line": (proc.stdout.splitlines()[1] if len(proc.stdout.splitlines()) > 1 else ""),
-          "load_before": la0, "load_after": loadavg()}
+          "load_before": la0, "load_after": loadavg(), **backtest_state(proc.stdout)}
     log(f"backtest: {wall:.1f} s wall ({n_expected / wall:,.0f} records/s); {first}")
 
     ratio = wall / floors["read_decode"]["wall_s"]
@@ -656,6 +657,10 @@ def bench_backtest(args, cfg: dict, m: dict) -> dict:
     print(f"\n{n_expected:,} records, {counts['subscribers']:,} subscribers, {cdrs.stat().st_size / 2**20:.0f} MiB "
           f"gzip ({os.path.relpath(cdrs, ROOT)}); {pinned}")
     print(table(rows, ("pass over the file", "wall rate", "CPU rate", "wall", "backtest/this wall", "CPU")))
+    if bt.get("numbers_tracked"):
+        print(f"at the end: {bt['numbers_tracked']:,} numbers tracked; the backtest's peak RSS {bt['peak_rss_mib']:,.0f} MiB "
+              f"({bt['peak_rss_mib'] * 2**20 / bt['numbers_tracked']:,.0f} B per tracked number, with the "
+              f"{counts['subscribers']:,} profiles, the interpreter and its libraries)")
     ok = ratio <= TARGETS["backtest_over_floor"]
     print(f"target backtest within {TARGETS['backtest_over_floor']:.0f}× of read+decode: {verdict(ok)} ({ratio:.1f}× wall, "
           f"{ratio_cpu:.1f}× CPU; {ratio_parse:.1f}× of read+parse_cdr)")
@@ -665,6 +670,16 @@ def bench_backtest(args, cfg: dict, m: dict) -> dict:
             "floors": floors, "backtest": bt, "ratio_backtest_over_read_decode": ratio,
             "ratio_backtest_over_read_parse": ratio_parse, "ratio_cpu_backtest_over_read_decode": ratio_cpu,
             "target": {"max_ratio": TARGETS["backtest_over_floor"], "measured": ratio, "met": ok}}
+
+
+def backtest_state(stdout: str) -> dict:
+    """Numbers tracked and peak RSS from `cdr-detector backtest`'s "state:" line ({}: none)."""
+    m = re.search(r"^state: ([\d,]+) numbers tracked, ([\d,]+) handsets and ([\d,]+) cells indexed; "
+                  r"peak RSS ([\d,]+) MiB", stdout, re.M)
+    if not m:
+        return {}
+    n, h, c, rss = (int(g.replace(",", "")) for g in m.groups())
+    return {"numbers_tracked": n, "handsets_indexed": h, "cells_indexed": c, "peak_rss_mib": rss}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -190,6 +190,30 @@ def test_invalid_lines_go_to_the_dlq_file_and_duplicates_are_counted(tmp_path):
     assert rejected[0]["raw"] == '{"record_id": "x", "ts": "soon"}'  # the original line, kept
 
 
+def test_the_backtest_command_says_how_much_state_it_ended_with(tmp_path, capsys):
+    """The "state:" line (numbers, handsets, cells, peak RSS) is what `scripts/bench.py backtest`
+    reads to size a carrier-scale run: its figures must be the run's own, in the form it parses."""
+    from detector import cli
+
+    s = Stream()
+    recs = [s.rec(msisdn=f"1380000000{k}", ts=T0 + k * MINUTE, imei=f"86000000000000{k % 2}",
+                  cell_id=f"c{k % 3}") for k in range(7)]
+    recs.append(s.rec(msisdn="13800000001", ts=T0 + 9 * MINUTE, imei="860000000000001", cell_id="c0"))
+    cdrs = write_jsonl(tmp_path / "cdrs.jsonl", [r._asdict() for r in recs])
+    rc = cli.main(["backtest", "--cdrs", str(cdrs), "--out", str(tmp_path / "ev.jsonl"), "--quiet"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import bench
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    state = bench.backtest_state(out)
+    assert {k: state[k] for k in ("numbers_tracked", "handsets_indexed", "cells_indexed")} == {
+        "numbers_tracked": 7, "handsets_indexed": 2, "cells_indexed": 3}, out
+    assert 10 < state["peak_rss_mib"] < 100_000
+
+
 def _ring_files(tmp_path: Path, gz: bool = False) -> tuple[Path, list]:
     s = Stream()
     recs = []

@@ -2,8 +2,14 @@
 from __future__ import annotations
 
 import logging
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 
 from detector import features as F
@@ -105,3 +111,64 @@ def test_a_hot_call_answers_as_its_dispatcher_does_and_refuses_a_foreign_array()
     if K.admit_call is not K.admit:
         with pytest.raises(TypeError):  # a row of another layout is refused, not misread
             K.admit_call(np.zeros(4), 0, -1, 0, 0, 1)
+
+
+_DECIDE_AND_DUMP = """
+import sys
+import orjson
+sys.path.insert(0, sys.argv[1])
+from conftest import load_cfg
+from detector.core import Detector
+from detector.contract import parse_cdr, parse_profile
+from detector.generator import GeneratorSpec, generate_profiles, generate_records
+import detector.kernel as K
+
+cfg = load_cfg()
+cfg["tiers"]["low"]["threshold"] = 0.2  # decisions, so tiers and restores are exercised too
+cfg["state"]["rest_after_hours"] = 1  # numbers go to rest and come back
+spec = GeneratorSpec(subscribers=120, hours=30, seed=4)
+det = Detector(cfg)
+for p in generate_profiles(spec):
+    det.on_profile(parse_profile(p))
+events = [e for r in generate_records(spec) for e in det.on_record(parse_cdr(r))]
+states = {m: st.to_dict() for eng in det.engines.values() for m, st in eng.numbers.items()}
+out = {"compiled": hasattr(K.mo_step, "overloads"), "events": events, "states": states}
+open(sys.argv[2], "wb").write(orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY))
+"""
+
+
+def _close(a, b) -> bool:
+    """Equal, floats within a few ulps (compiled, `0.5 ** x` and `a * b` may round otherwise)."""
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) or isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-300)
+    return a == b
+
+
+def test_the_kernel_run_as_plain_python_decides_as_compiled(tmp_path):
+    """NUMBA_DISABLE_JIT=1 (to step through the kernel in a debugger, as its docstring says) runs
+    the same arithmetic as Python: the same events, and final states equal but for the last
+    digits of a few time-decayed counts (numba's `pow` is not the C library's)."""
+    tests = Path(__file__).resolve().parent
+    script = tmp_path / "decide.py"
+    script.write_text(_DECIDE_AND_DUMP)
+
+    def run(disable_jit: str) -> dict:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CDR_DETECTOR", "NUMBA_DISABLE_JIT"))}
+        env["NUMBA_DISABLE_JIT"] = disable_jit
+        out = tmp_path / f"out-{disable_jit}.json"
+        proc = subprocess.run([sys.executable, "-W", "ignore::RuntimeWarning", str(script), str(tests), str(out)],
+                              capture_output=True, text=True, timeout=600, env=env, cwd=tests.parent)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return orjson.loads(out.read_bytes())
+
+    compiled, python = run("0"), run("1")
+    assert compiled["compiled"] is True and python["compiled"] is False  # each ran as it was meant to
+    assert len(compiled["events"]) >= 3  # decisions were taken, so scoring and tiers are compared too
+    assert python["events"] == compiled["events"]
+    assert len(compiled["states"]) >= 100 and python["states"].keys() == compiled["states"].keys()
+    for m, st in compiled["states"].items():
+        assert st.keys() == python["states"][m].keys()
+        for name, value in st.items():
+            assert _close(python["states"][m][name], value), (m, name, python["states"][m][name], value)
