@@ -304,7 +304,6 @@ class Engine:
 
 
 _NO_PROFILE = profile_inputs(None)
-PARTITION_CACHE_MAX = 1 << 18
 SHADOWED_BY_BREAKER = 2  # NumberState.status of a line whose suspension the breaker turned to shadow
 
 
@@ -378,7 +377,8 @@ _WORDS = [struct.Struct(f"<{i}I") for i in range(64)]
 
 def murmur2(data: bytes) -> int:
     """Kafka's murmur2 (as `kafka.partitioner.default.murmur2`, tested equal), about twice as fast:
-    the words are read with one struct call. A number's partition is needed for every record."""
+    the words are read with one struct call. The reference for `kernel.key_partition`, which
+    `partition_of` calls (tested equal on every length)."""
     n = len(data)
     h = 0x9747B28C ^ n
     n4 = n & ~3
@@ -400,8 +400,9 @@ def murmur2(data: bytes) -> int:
 
 
 def partition_of(msisdn: str, partitions: int) -> int:
-    """The Kafka partition of a key under the default partitioner (murmur2, as the Java client)."""
-    return (murmur2(msisdn.encode()) & 0x7FFFFFFF) % partitions
+    """The Kafka partition of a key under the default partitioner (murmur2, as the Java client):
+    `(murmur2(key) & 0x7FFFFFFF) % partitions`, compiled (`kernel.key_partition`)."""
+    return K.key_partition_call(msisdn.encode(), partitions)
 
 
 class Detector:
@@ -416,9 +417,6 @@ class Detector:
         self.track_changes = track_changes
         self.partitions = int(partitions or cfg["kafka"]["partitions"])
         self.engines: dict[int, Engine] = {}
-        # msisdn → partition for recently seen numbers (murmur2 in Python costs ~2 µs); bounded, so
-        # it costs at most ~25 MB however many numbers are tracked
-        self._partition: dict[str, int] = {}
         self.enricher = Enricher(cfg, track_changes)
         self.model_id = model_id(cfg)
         self.last_score: float | None = None
@@ -428,14 +426,12 @@ class Detector:
         self.breaker = StormBreaker(cfg.get("storm", {}))
 
     def partition(self, msisdn: str) -> int:
-        p = self._partition.get(msisdn)
-        if p is None:
-            if self.partitions == 1:
-                return 0
-            if len(self._partition) >= PARTITION_CACHE_MAX:
-                self._partition.clear()
-            p = self._partition[msisdn] = partition_of(msisdn, self.partitions)
-        return p
+        """The number's input partition, hashed afresh each time (compiled, ~0.3 µs with the call).
+
+        Not remembered: a carrier's numbers outnumber any cache worth its memory. A cache of
+        262,144 numbers (before) missed on 48% of the records of 1 M subscribers, which made it
+        dearer than no cache (~0.7 against ~0.4 µs a record); with 100 k it saved ~60 ns."""
+        return K.key_partition_call(msisdn.encode(), self.partitions) if self.partitions != 1 else 0
 
     def engine(self, msisdn: str) -> Engine:
         p = self.partition(msisdn)
@@ -451,9 +447,7 @@ class Detector:
         """`offset` is the record's input offset when it has one: a record at or below the offset
         a number's state already holds (replayed after a crash) is skipped, not applied twice."""
         msisdn = rec.msisdn
-        partition = self._partition.get(msisdn)
-        if partition is None:
-            partition = self.partition(msisdn)
+        partition = K.key_partition_call(msisdn.encode(), self.partitions) if self.partitions != 1 else 0
         eng = self.engines.get(partition) or self.engine(msisdn)
         st = eng.numbers.get(msisdn)
         self.last_score = None

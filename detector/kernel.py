@@ -425,6 +425,7 @@ _NONE_IS_MINUS_ONE = (STATE.fields["last_pop_ts"][1], STATE.fields["applied_offs
 _ELIDED = V2_RINGS_AT + 4  # the head and the ring counts: where the zero bytes are
 REST_MAX = REST_HEAD + (_ELIDED + 7) // 8 + PACKED_MAX_V3
 _BYTES = T.Bytes(T.uint8, 1, "C", readonly=True)  # a bytes object, passed as it is
+_MURMUR_M = 0x5BD1E995
 
 
 @nb.njit(inline="always")
@@ -714,6 +715,37 @@ def mo_step(rows, i, ts, peer_h, imei_h, province_id, out_of_province, intl, pre
     return SCORED, score_active(rows, i, ts, cleared_memory_ms, buf, model)
 
 
+@nb.njit(_I(_BYTES, _I), **_JIT)
+def key_partition(key, partitions):
+    """The Kafka partition of `key` under the default partitioner: murmur2 as the Java client
+    computes it (`core.murmur2`, tested equal), made positive, modulo `partitions`.
+
+    Why here: every record's number needs its partition (to find the engine holding its state),
+    and a carrier tracks too many numbers to remember each one's; in Python this hash costs
+    ~1.5 µs a number, compiled ~0.3 µs with the call. (Arithmetic in int64, masked to 32 bits
+    after each product, as in the Python: numba would widen uint32 products to 64 bits.)"""
+    w = 0xFFFFFFFF
+    n = len(key)
+    h = 0x9747B28C ^ n
+    n4 = n & ~3
+    for j in range(0, n4, 4):
+        k = (np.int64(key[j]) | (np.int64(key[j + 1]) << 8) | (np.int64(key[j + 2]) << 16)
+             | (np.int64(key[j + 3]) << 24))
+        k = (k * _MURMUR_M) & w
+        h = ((h * _MURMUR_M) & w) ^ (((k ^ (k >> 24)) * _MURMUR_M) & w)
+    extra = n & 3
+    if extra:
+        if extra == 3:
+            h ^= np.int64(key[n4 + 2]) << 16
+        if extra >= 2:
+            h ^= np.int64(key[n4 + 1]) << 8
+        h = ((h ^ np.int64(key[n4])) * _MURMUR_M) & w
+    h ^= h >> 13
+    h = (h * _MURMUR_M) & w
+    h ^= h >> 15
+    return (h & 0x7FFFFFFF) % partitions
+
+
 # -- the hot calls, straight into the compiled code ---------------------------------------------
 def entry_point(fn):
     """`fn`'s compiled code, called without numba's dispatcher; `fn` itself where there is none
@@ -757,6 +789,7 @@ if nb.config.DISABLE_JIT:  # (compiled, numba reads the fields itself: nothing i
     del _name, _fn
 
 admit_call = entry_point(admit)
+key_partition_call = entry_point(key_partition)
 mt_step_call = entry_point(mt_step)
 mo_step_call = entry_point(mo_step)
 score_active_call = entry_point(score_active)

@@ -272,6 +272,17 @@ def test_good_profile(plan, segment):
     assert type(p.activated_ts) is int and p.id_verified is False
 
 
+def test_profiles_share_their_strings():
+    """One profile is held per subscriber (millions): two profiles parsed from separate bytes
+    hold the same region, plan and segment objects, not a copy each."""
+    a = parse_profile(orjson.dumps(make_profile(msisdn="13800000001", home_region="GD-" + "SZ", plan="postpaid")))
+    b = parse_profile(orjson.dumps(make_profile(msisdn="13800000002", home_region="GD-SZ", plan="postpaid")))
+    assert a.home_region == "GD-SZ" and a.plan == "postpaid"
+    assert a.home_region is b.home_region and a.plan is b.plan and a.segment is b.segment
+    c = parse_profile({**make_profile(), "home_region": type("Region", (str,), {})("GD-GZ")})  # a str subclass
+    assert type(c.home_region) is str and c.home_region == "GD-GZ"
+
+
 @pytest.mark.parametrize("name", ["msisdn", "home_region", "activated_ts", "plan", "segment", "id_verified"])
 def test_profile_missing_field(name):
     err = reject(parse_profile, without(make_profile(), name))

@@ -28,6 +28,7 @@ from conftest import (
     warm_up,
 )
 from detector import features as F
+from detector import kernel as K
 from detector.config import TIER_NAMES, model_id
 from detector.core import NO_FACTS, Detector, Engine, SharedFacts, murmur2, partition_of, public
 from detector.model import FEATURE_NAMES
@@ -651,6 +652,19 @@ def test_fast_murmur2_equals_kafka_python_on_every_length():
         for _ in range(50):
             data = bytes(rng.randrange(256) for _ in range(n))
             assert murmur2(data) == kafka_murmur2(data), data
+
+
+def test_the_compiled_partition_of_a_key_equals_murmur2_on_every_length():
+    """`kernel.key_partition` (what `partition_of` calls) against the Python reference, through
+    numba's dispatcher and through the entry point the hot path calls, for bytes of every value."""
+    rng = random.Random(12)
+    for n in list(range(0, 40)) + [255, 256, 257, 1000]:
+        for _ in range(40):
+            data = bytes(rng.randrange(256) for _ in range(n))
+            for partitions in (1, 2, 3, 7, 12, 1000):
+                want = (murmur2(data) & 0x7FFFFFFF) % partitions
+                assert K.key_partition(data, partitions) == K.key_partition_call(data, partitions) == want, data
+    assert partition_of("13800000001", 12) == (murmur2(b"13800000001") & 0x7FFFFFFF) % 12
 
 
 class _Cluster:

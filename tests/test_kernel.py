@@ -84,7 +84,7 @@ def test_the_compiled_packer_writes_exactly_what_from_v2_writes():
         assert out[:n].tobytes() == F._from_v2(row.tobytes())
 
 
-HOT_CALLS = ("admit", "mt_step", "mo_step", "score_active", "_pack_v3", "from_rest")
+HOT_CALLS = ("admit", "mt_step", "mo_step", "score_active", "_pack_v3", "from_rest", "key_partition")
 
 
 @pytest.mark.parametrize("name", HOT_CALLS)
