@@ -431,7 +431,7 @@ class Detector:
         Not remembered: a carrier's numbers outnumber any cache worth its memory. A cache of
         262,144 numbers (before) missed on 48% of the records of 1 M subscribers, which made it
         dearer than no cache (~0.7 against ~0.4 µs a record); with 100 k it saved ~60 ns."""
-        return K.key_partition_call(msisdn.encode(), self.partitions) if self.partitions != 1 else 0
+        return partition_of(msisdn, self.partitions)
 
     def engine(self, msisdn: str) -> Engine:
         p = self.partition(msisdn)
@@ -447,7 +447,7 @@ class Detector:
         """`offset` is the record's input offset when it has one: a record at or below the offset
         a number's state already holds (replayed after a crash) is skipped, not applied twice."""
         msisdn = rec.msisdn
-        partition = K.key_partition_call(msisdn.encode(), self.partitions) if self.partitions != 1 else 0
+        partition = partition_of(msisdn, self.partitions)
         eng = self.engines.get(partition) or self.engine(msisdn)
         st = eng.numbers.get(msisdn)
         self.last_score = None
