@@ -18,7 +18,8 @@ from . import kernel as K
 from .config import TIER_NAMES, model_id
 from .contract import CDR, Outcome, Profile, province
 from .features import FeatureConfig, NumberState, NumberStore, hash64
-from .model import N_FEATURES, RiskModel, profile_inputs
+from .model import N_FEATURES, RiskModel
+from .profiles import ProfileTable
 from .reasons import describe, restore_reason
 from .shared import NO_FACTS, Enricher, SharedFacts
 
@@ -59,7 +60,7 @@ class Engine:
         self.rest_after_ms = int(float(cfg["state"].get("rest_after_hours", 24)) * F.HOUR_MS)
 
         self.numbers = NumberStore()
-        self.profiles: dict[str, Profile] = {}
+        self.profiles = ProfileTable()  # msisdn → Profile, one packed int each
         self.dirty: set[str] = set()  # numbers changed since the state was last persisted
         self.clock = 0  # largest event time seen
         self.start_ts = 0  # event time of the first record ever processed (cold start)
@@ -72,7 +73,7 @@ class Engine:
 
     # -- inputs ------------------------------------------------------------------------------
     def on_profile(self, profile: Profile) -> None:
-        self.profiles[profile.msisdn] = profile
+        self.profiles.put(profile)
 
     def on_record(self, rec: CDR, facts: "SharedFacts" = None, st: NumberState | None = None,
                   id_hash: int = 0, offset: int = -1) -> list[dict]:
@@ -109,11 +110,9 @@ class Engine:
                 return self._review_suspended(st, rec, self.profiles.get(rec.msisdn), handset_lines, cell_lines)
             return []  # (the profile is not looked up: in a large table that is a cache miss)
 
-        profile = self.profiles.get(rec.msisdn)
-        if profile is None:
-            home, pin = province(rec.cell_region), _NO_PROFILE
-        else:
-            home, pin = province(profile.home_region), profile_inputs(profile)
+        home, pin = self.profiles.home_and_inputs(rec.msisdn)
+        if home is None:  # no profile: the record's own region stands for home
+            home = province(rec.cell_region)
         model = self.model
         kmodel = model.kernel_model()
         buf = self._buf
@@ -131,8 +130,8 @@ class Engine:
             # scored with the typical values as they are now that this line has fed them
             score = K.score_active_call(rows, i, rec.ts, self.cleared_memory_ms, buf, model.kernel_model())
         if answer == K.SUSPENDED:
-            return self._review_suspended(st, rec, profile, handset_lines, cell_lines,
-                                          (buf[0], buf[1], F.tenure_days(profile, rec.ts)))
+            return self._review_suspended(st, rec, None, handset_lines, cell_lines,
+                                          (buf[0], buf[1], _tenure_days(pin, rec.ts)))
         self.last_score = score
         bar = self.tiers[0].threshold
         if score < bar:
@@ -142,7 +141,7 @@ class Engine:
         if score < bar:
             return []
         ev, raw = buf[2].copy(), buf[0].copy()
-        tenure = F.tenure_days(profile, rec.ts)
+        tenure = _tenure_days(pin, rec.ts)
         tier = self._tier_of(score)
         if st.cleared_score:  # cleared before and risen clearly beyond it: a heavier check
             tier = min(len(self.tiers) - 1, max(tier, st.tier + 1))
@@ -303,7 +302,9 @@ class Engine:
         self.numbers.rest(now - self.rest_after_ms)
 
 
-_NO_PROFILE = profile_inputs(None)
+def _tenure_days(pin: tuple, ts: int) -> float | None:
+    """`features.tenure_days` from a profile as `ProfileTable.home_and_inputs` gives it."""
+    return max(0.0, (ts - pin[1]) / F.DAY_MS) if pin[0] else None
 SHADOWED_BY_BREAKER = 2  # NumberState.status of a line whose suspension the breaker turned to shadow
 
 

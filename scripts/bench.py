@@ -5,6 +5,7 @@
     .venv/bin/python scripts/bench.py [--json FILE] [--cpu N] backtest  [--hours 25]
     .venv/bin/python scripts/bench.py [--json FILE] [--cpu N] daemon-work [--records 300000]
     .venv/bin/python scripts/bench.py [--json FILE] [--cpu N] rest-cycle [--records 400000]
+    .venv/bin/python scripts/bench.py [--json FILE]           profiles  [--subscribers 1000000]
     .venv/bin/python scripts/bench.py [--json FILE]           e2e       [--records 300000] [--live-seconds 60] [--profile-daemon]
     .venv/bin/python scripts/bench.py [--json FILE]           memory    [--numbers 1000000 10000000] [--per-number 3]
     .venv/bin/python scripts/bench.py [--json FILE] [--cpu N] all
@@ -24,6 +25,9 @@ rest-cycle  per number, what putting the numbers in use to rest costs (the hourl
           after a day's silence, and every number's first record after a restart): a generated
           stream fed through the core, then every number put to rest and taken back, --repeat
           times; checked lossless.
+profiles  RSS per subscriber profile held (a carrier holds one for every subscriber): generated
+          profiles, serialised as the profile topic carries them, parsed and loaded into a
+          Detector; a sample checked given back equal.
 e2e       (needs the local broker: scripts/kafka-local.sh start) fresh topics and group; the file
           is replayed at max rate, then `cdr-detector run` drains it (records/s and lag over time
           from its /metrics); a plain consumer of the chosen backend (--consumer-backend) over
@@ -73,6 +77,7 @@ from detector.files import iter_lines  # noqa: E402
 from detector.features import NumberState  # noqa: E402
 from detector.generator import GeneratorSpec, generate_profiles, generate_records, write_dataset  # noqa: E402
 from detector.pipeline import Pipeline  # noqa: E402
+from detector.profiles import ProfileTable  # noqa: E402
 
 BENCH_DIR = ROOT / "var" / "bench"
 DAY_MS = 86_400_000
@@ -557,6 +562,30 @@ def bench_rest_cycle(args, cfg: dict, m: dict) -> dict:
     print(f"{n:,} numbers in use, {args.repeat} round(s); {pinned}; every state given back exactly: {lossless}")
     return {"numbers": n, "rounds": args.repeat, "to_rest_ns": min(to_rest), "back_from_rest_ns": min(back),
             "to_rest_ns_all": to_rest, "back_from_rest_ns_all": back, "lossless": lossless, "pinned": pinned}
+
+
+def bench_profiles(args, cfg: dict, m: dict) -> dict:
+    """RSS per subscriber profile held: a carrier holds one for every subscriber, tracked or not."""
+    header("profiles", m)
+    spec = GeneratorSpec(subscribers=args.subscribers, hours=1, seed=args.seed)
+    raws = [orjson.dumps(p) for p in generate_profiles(spec)]  # as they come off the profile topic
+    det = Detector(cfg)
+    gc.collect()
+    r0 = rss_bytes()
+    t0 = time.perf_counter()
+    for raw in raws:
+        det.on_profile(parse_profile(raw))
+    load_s = time.perf_counter() - t0
+    gc.collect()
+    per_profile = (rss_bytes() - r0) / len(raws)
+    step = max(1, len(raws) // 10_000)  # a sample, each given back as it was parsed
+    lossless = all(det.engine(p.msisdn).profiles.get(p.msisdn) == p
+                   for p in (parse_profile(raw) for raw in raws[::step]))
+    print(table([("RSS per profile held (msisdn included)", f"{per_profile:,.0f} B"),
+                 ("parse + hold, per profile", f"{load_s / len(raws) * 1e6:.2f} µs")], ("per profile", "")))
+    print(f"{len(raws):,} profiles in {len(det.engines)} engine(s); every sampled profile given back equal: {lossless}")
+    return {"profiles": len(raws), "rss_bytes_per_profile": per_profile, "load_us_per_profile": load_s / len(raws) * 1e6,
+            "lossless": lossless}
 
 
 def bench_backtest(args, cfg: dict, m: dict) -> dict:
@@ -1340,6 +1369,13 @@ def memory_worker(args) -> None:
         det = Detector(cfg)
     fed = 0
     last_limit = N - (towns - 1) * T  # the last town may be partial
+    if args.with_profiles:  # each number's profile, templated on its template number's, as the topic gives it
+        pool = {p["msisdn"]: p for p in generate_profiles(spec)}
+        for i, lst in enumerate(templates):
+            tp = pool[lst[0].msisdn]
+            for town in range(towns if i < last_limit else towns - 1):
+                det.on_profile(parse_profile(orjson.dumps({**tp, "msisdn": f"1{town:04d}{i:06d}"})))
+        del pool
 
     def drain():  # what the daemon does at each commit: the dirty sets are drained into the changelog
         for eng in det.engines.values():
@@ -1428,10 +1464,13 @@ def memory_worker(args) -> None:
     enr = det.enricher
     enr_parts = {name: deep_size(v, seen_str) / tracked for name, v in vars(enr).items()
                  if isinstance(v, (dict, set, list))}
-    part_bytes = deep_size(det._partition, seen_str)
+    # the subscriber profiles (none unless --with-profiles); the partition cache is gone since d8be81c
+    profiles_bytes = sum(deep_size(vars(eng.profiles), seen_str) for eng in det.engines.values())
     changelog = [len(b) for b in blobs]
     prof = parse_profile(generate_profiles(GeneratorSpec(subscribers=10, hours=1))[0])
-    profile_bytes = deep_size(prof, set())
+    one = ProfileTable()
+    one.put(prof)  # a profile as an engine holds it (the msisdn string counted)
+    profile_bytes = deep_size(one._packed[prof.msisdn], set()) + sys.getsizeof(prof.msisdn)
     out = {"numbers": N, "tracked": tracked, "per_number_records": K, "records_fed": fed, "template_numbers": T,
            "towns": towns, "feed_s": feed_s, "records_per_s": fed / feed_s,
            "rss_before": rss0, "rss_after": rss1, "rss_hwm": hwm_bytes(), "rss_delta_per_number": (rss1 - rss0) / tracked,
@@ -1439,12 +1478,12 @@ def memory_worker(args) -> None:
            "deep": {"number_state_mean": statistics.fmean(state_sizes), "number_state_sampled": len(state_sizes),
                     "number_state_by_field": {k: round(v, 1) for k, v in sorted(by_field.items(), key=lambda kv: -kv[1])},
                     "msisdn_key": key_bytes / tracked, "numbers_dict_slots": dict_bytes / tracked,
-                    "partition_cache": part_bytes / tracked, "partition_cache_entries": len(det._partition),
+                    "profiles": profiles_bytes / tracked, "profiles_held": sum(len(e.profiles) for e in det.engines.values()),
                     "enricher": enr_parts,
                     "enricher_keys": {name: len(v) for name, v in vars(enr).items() if isinstance(v, (dict, set, list))}},
            "changelog_value_bytes": {"mean": statistics.fmean(changelog), "p50": pct(changelog, 0.5),
                                      "p99": pct(changelog, 0.99), "max": max(changelog), "key": len(b"n:") + 11},
-           "profile_bytes": profile_bytes, "allocator": allocator_report()}
+           "profile_bytes": profile_bytes, "with_profiles": bool(args.with_profiles), "allocator": allocator_report()}
     print("RESULT " + json.dumps(out), flush=True)
 
 
@@ -1454,6 +1493,8 @@ def run_memory_worker(args, numbers: int, per_number: int, tracemalloc_on: bool)
            "--pool-hours", str(args.pool_hours), "--seed", str(args.seed)]
     if tracemalloc_on:
         cmd.append("--tracemalloc")
+    if args.with_profiles:
+        cmd.append("--with-profiles")
     log("running: " + " ".join(shlex.quote(c) for c in cmd[1:]))
     la0 = loadavg()
     t0 = time.monotonic()
@@ -1539,12 +1580,12 @@ def print_memory(runs: list[dict], tm: dict | None, notes: list[str]) -> None:
         ("  NumberState (packed bytes object)", *[B(r["deep"]["number_state_mean"]) for r in cols]),
         ("  msisdn key string", *[B(r["deep"]["msisdn_key"]) for r in cols]),
         ("  Engine.numbers dict slots", *[B(r["deep"]["numbers_dict_slots"]) for r in cols]),
-        ("  Detector._partition cache", *[B(r["deep"]["partition_cache"]) for r in cols]),
+        ("  Engine.profiles (ProfileTable)", *[B(r["deep"].get("profiles")) for r in cols]),
         *[(f"  Enricher.{name}", *[B(r["deep"]["enricher"].get(name)) for r in cols])
           for name in runs[0]["deep"]["enricher"]],
         ("changelog value n:<msisdn>, mean / max", *[f"{r['changelog_value_bytes']['mean']:,.0f} / "
                                                      f"{r['changelog_value_bytes']['max']:,} B" for r in cols]),
-        ("subscriber profile (not in the above)", *[B(r["profile_bytes"]) for r in cols]),
+        ("subscriber profile (in the RSS above only with --with-profiles)", *[B(r["profile_bytes"]) for r in cols]),
     ]
     print(table(rows, ("", *names)))
     bf = runs[0]["deep"].get("number_state_by_field")
@@ -1606,6 +1647,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=3)
     p.add_argument("--repeat", type=int, default=5, help="rounds; the best and the worst are reported")
 
+    p = sub.add_parser("profiles", help="RSS per subscriber profile held")
+    p.add_argument("--subscribers", type=int, default=1_000_000)
+    p.add_argument("--seed", type=int, default=7)
+
     p = sub.add_parser("e2e", help="Kafka in, cdr-detector run, Kafka out (needs the local broker)")
     p.add_argument("--subscribers", type=int, default=100_000)
     p.add_argument("--hours", type=float, default=25.0)
@@ -1637,6 +1682,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=7)
         p.add_argument("--max-seconds", type=float, default=600.0, help="scale a size down past this projected feed time")
         p.add_argument("--mem-fraction", type=float, default=0.6, help="share of MemAvailable a run may take")
+        p.add_argument("--with-profiles", action="store_true",
+                       help="hold a subscriber profile for every number, as production does (default: none)")
 
     add_memory(sub.add_parser("memory", help="bytes per tracked number"))
     p = sub.add_parser("_memory-worker")
@@ -1664,7 +1711,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in todo:
         sargs = ap.parse_args([f"--cpu={args.cpu}", f"--wait-max={args.wait_max}", name]) if args.what == "all" else args
         fn = {"core": bench_core, "backtest": bench_backtest, "e2e": bench_e2e, "memory": bench_memory,
-              "daemon-work": bench_daemon_work, "rest-cycle": bench_rest_cycle}[name]
+              "daemon-work": bench_daemon_work, "rest-cycle": bench_rest_cycle,
+              "profiles": bench_profiles}[name]
         t0 = time.monotonic()
         results[name] = fn(sargs, cfg, m)
         results[name]["seconds"] = round(time.monotonic() - t0, 1)
