@@ -27,7 +27,7 @@ NO_PROFILE_INPUTS = (False, 0, False, False, False)  # what `model.profile_input
 
 
 class ProfileTable:
-    """msisdn → profile (see the module docstring); a mapping with `get`, `len` and `in`."""
+    """msisdn → profile (see the module docstring): `put`, and a read-only mapping's `get`, `[]`, `len`, `in`."""
 
     def __init__(self):
         self._packed: dict[str, int | Profile] = {}
@@ -83,8 +83,3 @@ class ProfileTable:
         if p is None:
             raise KeyError(msisdn)
         return p
-
-    def __setitem__(self, msisdn: str, profile: Profile) -> None:
-        if profile.msisdn != msisdn:
-            raise ValueError(f"a profile of {profile.msisdn!r} put under {msisdn!r}")
-        self.put(profile)

@@ -82,8 +82,3 @@ def test_profiles_beyond_the_region_bits_or_outside_the_contract_are_kept_whole(
     assert type(table._packed[many[0].msisdn]) is int
     assert type(table._packed[many[-1].msisdn]) is Profile  # past the regions the bits can index
 
-
-def test_a_profile_under_another_number_is_refused():
-    table = ProfileTable()
-    with pytest.raises(ValueError):
-        table["13800000002"] = Profile("13800000001", "BJ", TS_MIN, "prepaid", "consumer", True)
