@@ -14,6 +14,7 @@ home regions (a real feed has a few hundred) a profile is kept as its tuple.
 from __future__ import annotations
 
 from .contract import TS_MIN, Profile, province
+from .model import profile_inputs
 
 REGION_BITS = 14
 _FLAG_BITS = 3
@@ -23,7 +24,7 @@ _TS_SHIFT = _FLAG_BITS + REGION_BITS
 _FLAGS = tuple((bool(f & 1), bool(f & 2), bool(f & 4) and not f & 1) for f in range(8))
 _PLANS = ("prepaid", "postpaid")
 _SEGMENTS = ("consumer", "business")
-NO_PROFILE_INPUTS = (False, 0, False, False, False)  # what `model.profile_inputs(None)` gives
+NO_PROFILE_INPUTS = profile_inputs(None)
 
 
 class ProfileTable:
@@ -68,8 +69,7 @@ class ProfileTable:
         if v is None:
             return None, NO_PROFILE_INPUTS
         if type(v) is not int:
-            return province(v.home_region), (True, v.activated_ts, v.plan == "prepaid", v.id_verified,
-                                             v.segment == "business" and v.plan == "postpaid")
+            return province(v.home_region), profile_inputs(v)
         return self._provinces[(v >> _FLAG_BITS) & _REGION_MASK], (True, (v >> _TS_SHIFT) + TS_MIN) + _FLAGS[v & 7]
 
     def __len__(self) -> int:
