@@ -303,8 +303,10 @@ class Engine:
 
 
 def _tenure_days(pin: tuple, ts: int) -> float | None:
-    """`features.tenure_days` from a profile as `ProfileTable.home_and_inputs` gives it."""
+    """A line's age in days (None: no profile), from its profile as `ProfileTable.home_and_inputs` gives it."""
     return max(0.0, (ts - pin[1]) / F.DAY_MS) if pin[0] else None
+
+
 SHADOWED_BY_BREAKER = 2  # NumberState.status of a line whose suspension the breaker turned to shadow
 
 

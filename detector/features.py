@@ -24,7 +24,7 @@ from array import array
 import numpy as np
 
 from . import kernel as K
-from .contract import CDR, Profile, province
+from .contract import CDR, province
 from .kernel import (  # noqa: F401  (the layout's names, re-exported for the engine and tests)
     CONTACTS,
     D_INTL_MIN_DAY,
@@ -380,14 +380,6 @@ def callback_share(state: NumberState) -> tuple[float, int]:
 def province_spread(state: NumberState) -> float:
     """Distinct provinces among the last outgoing calls, per call (1.0: every call elsewhere)."""
     return K.province_spread(state._rows, state._i)
-
-
-def tenure_days(profile: Profile | None, ts: int) -> float | None:
-    if profile is None:
-        return None
-    return max(0.0, (ts - profile.activated_ts) / DAY_MS)
-
-
 
 
 _new_object = object.__new__
