@@ -85,24 +85,23 @@ def rdkafka_config(kcfg: dict) -> dict:
 
 
 class _DeliveryFuture:
-    """What `ConfluentProducer.send` returns: settled by librdkafka's delivery report."""
+    """What `ConfluentProducer.send` returns: failed once librdkafka reports any of its sends failed.
 
-    __slots__ = ("done", "exception")
+    One is shared by every send between two flushes (a new one starts when a flush has seen
+    every send acknowledged or refused), so a send costs no allocation and the delivery reports
+    set one flag; the daemon asks only "did anything sent since the last commit fail?"."""
+
+    __slots__ = ("exception",)
 
     def __init__(self):
-        self.done = False
         self.exception = None
 
     def __call__(self, err, msg) -> None:
-        self.done = True
-        if err is not None:
+        if err is not None and self.exception is None:
             self.exception = KafkaError(str(err))
 
     def failed(self) -> bool:
         return self.exception is not None
-
-    def succeeded(self) -> bool:
-        return self.done and self.exception is None
 
 
 class ConfluentProducer:
@@ -123,18 +122,21 @@ class ConfluentProducer:
         conf.update(kcfg.get("rdkafka_options") or {})
         self._p = Producer(conf)
         self._unpolled = 0
+        self._since_flush = _DeliveryFuture()
         self.max_block_s = None if max_block_ms is None else max_block_ms / 1000
 
     def send(self, topic: str, key: bytes | None = None, value: bytes | None = None,
              partition: int | None = None, headers=None) -> _DeliveryFuture:
-        fut = _DeliveryFuture()
-        kw = {"partition": partition} if partition is not None else {}
-        if headers:
-            kw["headers"] = headers
+        fut = self._since_flush
+        produce = self._p.produce
+        part = -1 if partition is None else partition  # -1: librdkafka's partitioner chooses
         give_up = None
         while True:
             try:
-                self._p.produce(topic, value, key, on_delivery=fut, **kw)
+                if headers:
+                    produce(topic, value, key, part, on_delivery=fut, headers=headers)
+                else:
+                    produce(topic, value, key, part, on_delivery=fut)
                 break
             except BufferError:  # local queue full: let deliveries drain, then retry
                 if self.max_block_s is not None:  # as kafka-python's send after max_block_ms
@@ -154,6 +156,7 @@ class ConfluentProducer:
         left = self._p.flush(-1 if timeout is None else timeout)
         if left:
             raise KafkaTimeoutError(f"{left} messages not acknowledged within {timeout} s")
+        self._since_flush = _DeliveryFuture()  # every send so far is settled on the old one
 
     def close(self, timeout: float | None = None) -> None:
         self._p.flush(-1 if timeout is None else timeout)

@@ -556,3 +556,22 @@ def test_highwater_from_another_thread_while_polling(broker, topic):
     assert slowest[0] < 0.1, f"highwater() from another thread took {slowest[0]:.3f} s"
     distinct = [s for i, s in enumerate(seen) if i == 0 or seen[i - 1] != s]
     assert seen and seen[-1] == (100, 100, 100), distinct[:20]
+
+
+def test_the_confluent_producer_reports_a_refused_send_at_the_flush_that_settles_it(broker, topic):
+    """The daemon never commits past a send the broker refused. The confluent adapter settles
+    every send between two flushes on one shared future: a send the broker refuses (here a
+    record over its 1 MB limit) marks that future failed, and the next flush starts a clean one."""
+    p = kafka_io.ConfluentProducer({"bootstrap_servers": broker, "rdkafka_options": {"message.max.bytes": 5_000_000}})
+    ok = p.send(topic, key=b"k", value=b"small", partition=0)
+    p.flush(30)
+    assert not ok.failed()
+    good = p.send(topic, key=b"k", value=b"small", partition=1)
+    bad = p.send(topic, key=b"k", value=b"x" * 2_000_000, partition=1)
+    p.flush(30)
+    assert bad.failed() and good.failed(), "one refusal fails everything sent since the last flush"
+    assert isinstance(bad.exception, KafkaError) and "large" in str(bad.exception).lower()
+    after = p.send(topic, key=b"k", value=b"small", partition=2)
+    p.flush(30)
+    assert not after.failed() and bad.failed()
+    p.close(10)
