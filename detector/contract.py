@@ -6,8 +6,9 @@ was wrong, with a short bounded `reason` code that is safe to use as a metric la
 from __future__ import annotations
 
 import sys
-from typing import Any, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
+import msgspec
 import orjson
 
 # A number's msisdn is held by several structures (its state's key, the Enricher's handset and
@@ -174,7 +175,49 @@ def _region_known_ok(v) -> bool:
     return True
 
 
+class _CDRWire(msgspec.Struct, gc=False):
+    """A CDR message as msgspec decodes it straight from JSON, with the contract's types, ranges,
+    lengths and choices checked while decoding (in C). What it cannot express (digits only, the
+    region codes) `parse_cdr` checks after. Unknown fields are skipped, as before."""
+    record_id: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_STRING)]
+    ts: Annotated[int, msgspec.Meta(ge=TS_MIN, le=TS_MAX)]
+    msisdn: Annotated[str, msgspec.Meta(min_length=5, max_length=15)]
+    direction: Literal["MO", "MT"]
+    peer: Annotated[str, msgspec.Meta(min_length=3, max_length=20)]
+    service: Literal["voice", "sms"]
+    duration_s: Annotated[int, msgspec.Meta(ge=0, le=MAX_DURATION_S)]
+    answered: bool
+    cell_id: Annotated[str, msgspec.Meta(max_length=MAX_STRING)]
+    cell_region: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_STRING)]
+    peer_region: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_STRING)]
+    imei: Annotated[str, msgspec.Meta(max_length=MAX_STRING)]
+
+
+_decode_wire = msgspec.json.Decoder(_CDRWire).decode
+_WIRE_ERRORS = msgspec.DecodeError  # msgspec.ValidationError is one too
+
+
 def parse_cdr(raw: bytes | str | dict) -> CDR:
+    """A message → CDR, or `InvalidRecord` saying which field is wrong and why.
+
+    Bytes (the daemon's and the backtest's case) are decoded by msgspec into `_CDRWire`, which
+    checks most of the contract in C: ~2.5 µs a record less than decoding to a dict and checking
+    in Python. Anything it refuses goes through `decode` and the field-by-field checks, which
+    accept the same records and name what is wrong: an error costs a second decode, a good record
+    none. (One difference: a number too large for a double in a field the contract does not
+    name, e.g. 1e999, makes orjson refuse the whole message; msgspec skips the field.)"""
+    if type(raw) is bytes and len(raw) <= MAX_MESSAGE_BYTES:
+        try:
+            w = _decode_wire(raw)
+        except _WIRE_ERRORS:
+            pass
+        else:
+            msisdn, peer, cell_region, peer_region = w.msisdn, w.peer, w.cell_region, w.peer_region
+            if (msisdn.isdigit() and msisdn.isascii() and peer.isdigit() and peer.isascii()
+                    and (cell_region in _REGIONS_OK or _region_known_ok(cell_region))
+                    and (peer_region in _REGIONS_OK or _region_known_ok(peer_region))):
+                return _new_cdr(CDR, (w.record_id, w.ts, _intern(msisdn), w.direction, peer, w.service,
+                                      w.duration_s, w.answered, w.cell_id, cell_region, peer_region, w.imei))
     obj = decode(raw)
     # The common case, checked in one expression; anything it does not accept goes through the
     # field-by-field checks below, which accept the same records and name what is wrong.

@@ -240,6 +240,26 @@ def test_mutated_valid_records(data, kind):
 
 
 @FUZZ
+@given(data=st.data())
+def test_a_cdr_as_bytes_parses_as_the_same_object_already_decoded(data):
+    """Bytes go through msgspec's typed decoder first, a dict through the Python checks: for any
+    message that is a JSON object, both must give the same record or the same reason and field."""
+    raw = data.draw(mutated("cdr"))
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        obj = None
+    assume(type(obj) is dict and len(raw) <= C.MAX_MESSAGE_BYTES)
+    from_bytes, from_dict = parse_or_reason("cdr", raw), parse_or_reason("cdr", obj)
+    if isinstance(from_dict, InvalidRecord):
+        assert isinstance(from_bytes, InvalidRecord), f"{raw!r} accepted as bytes only"
+        assert (from_bytes.reason, from_bytes.field) == (from_dict.reason, from_dict.field)
+    else:
+        assert from_bytes == from_dict and type(from_bytes) is CDR
+        assert all(type(v) is type(w) for v, w in zip(from_bytes, from_dict))
+
+
+@FUZZ
 @given(kind=kinds, name=st.data())
 def test_single_field_defect_names_field_and_reason(kind, name):
     """One bad field → rejected with the reason the contract implies, naming that field."""
